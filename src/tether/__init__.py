@@ -1,0 +1,66 @@
+"""tether: async-first orchestration of long jobs with resumable run handles.
+
+A backend takes a :class:`Job` and returns a :class:`RunHandle` that can be
+awaited, polled, cancelled, saved, and loaded in another process to re-attach to
+the same run. See ``docs/`` for the guide.
+"""
+
+from __future__ import annotations
+
+from .api import run, run_sync
+from .backend import Availability, Backend
+from .backends.dummy import DummyBackend, DummyConfig, DummyRunHandle
+from .backends.local import LocalBackend, LocalConfig, LocalRunHandle
+from .config import BackendConfig
+from .errors import (
+    BackendUnavailableError,
+    ConfigError,
+    InvalidTransitionError,
+    RecordError,
+    RecordVersionError,
+    RunFailedError,
+    SubmitError,
+    TetherError,
+    UnknownBackendError,
+    WaitTimeout,
+)
+from .handle import RunHandle
+from .job import Job, Resources
+from .registry import backend_configs, load_config, load_handle, load_job
+from .result import RunResult, RunState
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Availability",
+    "Backend",
+    "BackendConfig",
+    "BackendUnavailableError",
+    "ConfigError",
+    "DummyBackend",
+    "DummyConfig",
+    "DummyRunHandle",
+    "InvalidTransitionError",
+    "Job",
+    "LocalBackend",
+    "LocalConfig",
+    "LocalRunHandle",
+    "RecordError",
+    "RecordVersionError",
+    "Resources",
+    "RunFailedError",
+    "RunHandle",
+    "RunResult",
+    "RunState",
+    "SubmitError",
+    "TetherError",
+    "UnknownBackendError",
+    "WaitTimeout",
+    "__version__",
+    "backend_configs",
+    "load_config",
+    "load_handle",
+    "load_job",
+    "run",
+    "run_sync",
+]

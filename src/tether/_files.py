@@ -1,0 +1,58 @@
+"""Crash-safe small-file writes and the folders tether keeps its data in."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o600, sync: bool = False) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the whole new one.
+
+    The bytes go to a temporary file in the same folder (created with ``mode``),
+    which is then renamed over ``path``; a crash leaves at most a stray temp file,
+    never a half-written target.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            if sync:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_json_atomic(path: Path, obj: Any, *, sync: bool = False) -> None:
+    """Atomically write ``obj`` as indented JSON, readable by the owner only."""
+    write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode(), sync=sync)
+
+
+def state_home() -> Path:
+    """tether's state folder: ``$TETHER_HOME`` or ``$XDG_STATE_HOME/tether``."""
+    explicit = os.environ.get("TETHER_HOME")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "tether"
+
+
+def cache_home() -> Path:
+    """tether's cache folder: ``$XDG_CACHE_HOME/tether`` (``~/.cache/tether``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "tether"
+
+
+def default_runs_dir() -> Path:
+    """Where run folders go when a config names none: ``<state home>/runs``."""
+    return state_home() / "runs"

@@ -1,0 +1,77 @@
+"""Linux process plumbing for detached runs: identity, event-driven exit, tree kill."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+
+import anyio
+
+
+def start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, or None if it is gone.
+
+    Together with the pid this identifies a process across pid reuse.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # Field 2 (comm) may hold spaces and parentheses: split after its last ')'.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return int(fields[19])
+
+
+def open_pidfd(pid: int, ticks: int | None) -> int | None:
+    """A pidfd for the process ``pid`` if it is still the one that started at ``ticks``."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+    # The pidfd pins the process: if its start time matches now, it is ours.
+    if ticks is not None and start_ticks(pid) != ticks:
+        os.close(fd)
+        return None
+    return fd
+
+
+async def wait_pidfd(fd: int) -> None:
+    """Return when the process behind ``fd`` has exited (no thread, no poll loop)."""
+    await anyio.wait_readable(fd)
+
+
+def reap(pid: int) -> None:
+    """Collect the exit status of our own child, if it is one, so no zombie stays."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def session_members(sid: int) -> Iterator[int]:
+    """Pids of the processes in session ``sid`` (the run's whole tree, leader aside)."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        if pid == sid:
+            continue
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as handle:
+                stat = handle.read()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        if int(fields[3]) == sid:
+            yield pid
+
+
+def kill_session(sid: int, signum: int = signal.SIGKILL) -> int:
+    """Signal every process of session ``sid`` but its leader; return how many."""
+    count = 0
+    for pid in list(session_members(sid)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
+            count += 1
+    return count

@@ -1,0 +1,144 @@
+"""Helpers shared by backends that give each run its own folder."""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+from .errors import SubmitError
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+#: Files tether itself writes into a run folder; never reported as outputs.
+RESERVED = frozenset({"stdout", "stderr", "exit.json", "handle.json", "outputs", "cancelled.json"})
+
+
+def new_run_id(name: str) -> str:
+    """A sortable, unique run id: ``<name>-<UTC time>-<random>``."""
+    slug = _UNSAFE.sub("-", name).strip("-.").lower()[:40] or "run"
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return f"{slug}-{stamp}-{secrets.token_hex(4)}"
+
+
+def make_run_dir(runs_dir: Path, run_id: str) -> Path:
+    """Create the run's private folder (mode 0700) under ``runs_dir``."""
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        run_dir = runs_dir / run_id
+        run_dir.mkdir(mode=0o700)
+    except OSError as exc:
+        raise SubmitError(
+            f"Cannot create a run folder in '{runs_dir}': {exc.strerror}; "
+            "set runs_dir to a writable folder."
+        ) from exc
+    return run_dir
+
+
+def stage_inputs(inputs: list[Path], run_dir: Path) -> None:
+    """Copy input files and folders into the run folder, by their base names."""
+    for source in inputs:
+        source = source.expanduser()
+        if not source.exists():
+            raise SubmitError(f"Input '{source}' does not exist: fix the job's inputs.")
+        target = run_dir / source.name
+        if source.name in RESERVED:
+            raise SubmitError(
+                f"Input '{source}' is named like a file tether writes ({source.name}): rename it."
+            )
+        if source.is_dir():
+            shutil.copytree(source, target, symlinks=True)
+        else:
+            shutil.copy2(source, target)
+
+
+def collect_outputs(patterns: list[str], workdir: Path, run_dir: Path) -> list[Path]:
+    """Files matching ``patterns`` in ``workdir``, gathered into the run folder.
+
+    When the run worked in its own folder the files are listed where they are;
+    otherwise they are copied (atomically, so concurrent collectors agree) into
+    ``run_dir/outputs`` keeping their relative paths.
+    """
+    found: list[Path] = []
+    seen: set[Path] = set()
+    inside = workdir.resolve() == run_dir.resolve()
+    for pattern in patterns:
+        for match in sorted(workdir.glob(pattern)):
+            if not match.is_file() or match in seen:
+                continue
+            relative = match.relative_to(workdir)
+            if inside and relative.parts[0] in RESERVED:
+                continue
+            seen.add(match)
+            if inside:
+                found.append(match)
+                continue
+            target = run_dir / "outputs" / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+            os.close(fd)
+            try:
+                shutil.copy2(match, tmp)
+                os.replace(tmp, target)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+            found.append(target)
+    return found
+
+
+def last_line(path: Path, limit: int = 4096) -> str:
+    """The last non-empty line of a (log) file, or ''."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - limit))
+            tail = handle.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+async def tail_lines(
+    path: Path, *, follow: bool, wait_more: Callable[[], Awaitable[bool]]
+) -> AsyncIterator[str]:
+    """Yield the lines of a growing log file.
+
+    Without ``follow`` read what is there and stop. With it, when no new bytes are
+    there, await ``wait_more()``: it returns after a short wait or as soon as the
+    run ends, and says whether the run has ended; the rest is then read and the
+    iteration stops.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    buffer = ""
+    position = 0
+    ended = not follow
+    while True:
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(position)
+                chunk = handle.read(1 << 20)
+        except FileNotFoundError:
+            chunk = b""
+        position += len(chunk)
+        if chunk:
+            buffer += decoder.decode(chunk)
+            *lines, buffer = buffer.split("\n")
+            for line in lines:
+                yield line
+            continue
+        if ended:
+            break
+        ended = await wait_more()
+    buffer += decoder.decode(b"", final=True)
+    if buffer:
+        yield buffer

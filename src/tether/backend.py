@@ -1,0 +1,56 @@
+"""The backend contract: a stateless async factory of run handles."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar, Generic, TypeVar
+
+from .config import BackendConfig
+from .handle import RunHandle
+from .job import Job
+
+C = TypeVar("C", bound=BackendConfig)
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether a backend can be used on this machine, and if not, why."""
+
+    usable: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.usable
+
+
+class Backend(ABC, Generic[C]):
+    """Takes jobs and returns run handles. Holds settings, never per-run state."""
+
+    #: Feature names, e.g. ``detached``, ``reattach``, ``cancel``, ``logs_follow``.
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, config: C) -> None:
+        self._config = config
+
+    @property
+    def config(self) -> C:
+        """The settings this backend was created with."""
+        return self._config
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._config!r})"
+
+    @abstractmethod
+    async def submit(self, job: Job) -> RunHandle:
+        """Start ``job`` and return its handle at once; the run goes on unattended.
+
+        Raises :class:`~tether.errors.ConfigError` for a job this backend cannot
+        express and :class:`~tether.errors.SubmitError` when it cannot start it.
+        A command that turns out not to exist is not an error here: its run ends
+        FAILED with the reason in ``RunResult.error``.
+        """
+
+    @abstractmethod
+    async def check(self) -> Availability:
+        """Tell whether this backend is usable here and, if not, why not."""

@@ -1,0 +1,283 @@
+"""Deterministic simulated runs, for users' own tests, demos and docs.
+
+A dummy run executes nothing: its life is a function of the clock and its config
+(queue time, duration, outcome, output), so any process that loads its saved
+handle sees the same run. It honours the whole backend contract: it has a run
+folder, can be cancelled from any process (a marker file in the folder), times
+out, writes its stdout/stderr and output files when it ends, and becomes LOST
+when its folder disappears.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import anyio
+from pydantic import Field, field_validator
+
+from .._files import default_runs_dir, write_atomic, write_json_atomic
+from .._runs import make_run_dir, new_run_id, stage_inputs
+from ..backend import Availability, Backend
+from ..config import BackendConfig
+from ..handle import RunHandle, Stream
+from ..job import Job
+from ..records import write_record
+from ..result import RunResult, RunState
+
+_CAPABILITIES = frozenset({"detached", "reattach", "cancel", "logs_follow", "commands", "timeout"})
+
+
+class DummyConfig(BackendConfig):
+    """Simulated runs with a fixed queue time, duration, outcome and output."""
+
+    type: Literal["dummy"] = "dummy"
+    queue_time: float = Field(0.0, ge=0, description="Seconds a run stays PENDING.")
+    duration: float = Field(0.0, ge=0, description="Seconds a run stays RUNNING.")
+    outcome: Literal["succeeded", "failed", "lost"] = Field(
+        "succeeded", description="How a run ends when it is neither cancelled nor timed out."
+    )
+    exit_code: int | None = Field(
+        None, description="Exit code reported; default 0 when succeeded, 1 when failed."
+    )
+    stdout: str = Field("", description="Text the run writes to stdout, line by line over time.")
+    stderr: str = Field("", description="Text the run writes to stderr.")
+    outputs: dict[str, str] = Field(
+        default_factory=dict,
+        description="Output files (relative path → content) written into the run folder.",
+    )
+    runs_dir: Path | None = Field(None, description="Folder for run folders (as LocalConfig).")
+
+    capabilities: ClassVar[frozenset[str]] = _CAPABILITIES
+
+    @field_validator("outputs")
+    @classmethod
+    def _relative(cls, outputs: dict[str, str]) -> dict[str, str]:
+        for name in outputs:
+            path = Path(name)
+            if not name or path.is_absolute() or ".." in path.parts:
+                raise ValueError(f"output {name!r} must be a relative path inside the run folder")
+        return outputs
+
+    def create(self) -> DummyBackend:
+        """Return a :class:`DummyBackend` with these settings."""
+        return DummyBackend(self)
+
+    @classmethod
+    def handle_class(cls) -> type[DummyRunHandle]:
+        """Saved dummy runs load into :class:`DummyRunHandle`."""
+        return DummyRunHandle
+
+
+class DummyBackend(Backend[DummyConfig]):
+    """Makes simulated runs; always usable."""
+
+    capabilities: ClassVar[frozenset[str]] = _CAPABILITIES
+
+    async def check(self) -> Availability:
+        """The dummy backend needs nothing."""
+        return Availability(True)
+
+    async def submit(self, job: Job) -> DummyRunHandle:
+        """Create the run folder and start the simulated clock."""
+        run_id = new_run_id(job.name)
+        run_dir = make_run_dir(
+            (self.config.runs_dir or default_runs_dir()).expanduser(), run_id
+        )
+        stage_inputs(job.inputs, run_dir)
+        timeout = float(self.config.timeout)
+        if job.resources.walltime is not None:
+            timeout = min(timeout, job.resources.walltime)
+        handle = DummyRunHandle(
+            run_id=run_id,
+            job=job,
+            config=self.config,
+            run_dir=run_dir,
+            submitted_at=time.time(),
+            timeout=timeout,
+        )
+        write_record(run_dir / "handle.json", handle.to_record(), sync=False)
+        return handle
+
+
+class DummyRunHandle(RunHandle):
+    """Handle of a simulated run; its state is computed from the clock."""
+
+    backend_type: ClassVar[str] = "dummy"
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        job: Job,
+        config: DummyConfig,
+        run_dir: Path,
+        submitted_at: float,
+        timeout: float,
+    ) -> None:
+        super().__init__(run_id=run_id, job=job, config=config)
+        self._dummy = config
+        self.run_dir = run_dir
+        self._submitted = submitted_at
+        self._timeout = timeout
+
+    # -- the simulated clock --------------------------------------------------------
+
+    @property
+    def _start(self) -> float:
+        return self._submitted + self._dummy.queue_time
+
+    @property
+    def _end(self) -> float:
+        return self._start + min(self._dummy.duration, self._timeout)
+
+    def _cancelled_at(self) -> float | None:
+        try:
+            data = json.loads((self.run_dir / "cancelled.json").read_text())
+            return float(data["at"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _state_at(self, now: float) -> RunState:
+        if not self.run_dir.is_dir():
+            return RunState.LOST
+        cancelled = self._cancelled_at()
+        if cancelled is not None and cancelled < self._end:
+            return RunState.CANCELLED
+        if now < self._start:
+            return RunState.PENDING
+        if now < self._end:
+            return RunState.RUNNING
+        if self._dummy.duration > self._timeout:
+            return RunState.TIMED_OUT
+        return {
+            "succeeded": RunState.SUCCEEDED,
+            "failed": RunState.FAILED,
+            "lost": RunState.LOST,
+        }[self._dummy.outcome]
+
+    def _lines(self, stream: Stream) -> list[str]:
+        text = self._dummy.stdout if stream == "stdout" else self._dummy.stderr
+        return text.splitlines()
+
+    def _line_time(self, index: int, count: int) -> float:
+        """When line ``index`` of ``count`` appears: spread evenly over the duration."""
+        return self._start + min(self._dummy.duration, self._timeout) * index / max(count, 1)
+
+    def _finalize(self, state: RunState) -> RunResult:
+        stamp = lambda t: datetime.fromtimestamp(t, UTC)  # noqa: E731
+        if state is RunState.LOST:
+            return RunResult(run_id=self.run_id, state=state, error="the dummy run was lost")
+        cancelled = self._cancelled_at()
+        ended = cancelled if state is RunState.CANCELLED and cancelled is not None else self._end
+        stdout, stderr = self.run_dir / "stdout", self.run_dir / "stderr"
+        outputs: list[Path] = []
+        if not stdout.exists():  # written once, atomically, by whoever observes the end
+            for path, stream in ((stdout, "stdout"), (stderr, "stderr")):
+                lines = self._lines(stream)  # type: ignore[arg-type]
+                visible = [
+                    line
+                    for i, line in enumerate(lines)
+                    if self._line_time(i, len(lines)) <= ended
+                ]
+                write_atomic(path, "".join(f"{line}\n" for line in visible).encode())
+        if state is RunState.SUCCEEDED:
+            for name, content in self._dummy.outputs.items():
+                target = self.run_dir / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if not target.exists():
+                    write_atomic(target, content.encode(), mode=0o644)
+                outputs.append(target)
+        code = self._dummy.exit_code
+        if state is RunState.SUCCEEDED:
+            code, error = (0 if code is None else code), None
+        elif state is RunState.FAILED:
+            code = 1 if code is None else code
+            error = f"exit code {code} (simulated failure)"
+        elif state is RunState.TIMED_OUT:
+            code, error = None, f"timed out after {self._timeout:g}s"
+        else:
+            code, error = None, "cancelled"
+        return RunResult(
+            run_id=self.run_id,
+            state=state,
+            exit_code=code,
+            started_at=stamp(self._start) if ended >= self._start else None,
+            ended_at=stamp(ended),
+            stdout=stdout,
+            stderr=stderr,
+            outputs=outputs,
+            error=error,
+        )
+
+    # -- the contract ---------------------------------------------------------------
+
+    async def refresh(self) -> RunState:
+        """Compute the state from the clock and the cancel marker."""
+        if self._result is not None:
+            return self._state
+        state = self._state_at(time.time())
+        if state.is_terminal:
+            self._finish(self._finalize(state))
+        else:
+            self._set_state(state)
+        return self._state
+
+    async def _wait_done(self) -> RunResult:
+        while not (await self.refresh()).is_terminal:
+            # Sleep to the simulated end; wake now and then for a cancel made elsewhere.
+            await anyio.sleep(max(0.0, min(self._end - time.time(), 0.25)) or 0.001)
+        assert self._result is not None
+        return self._result
+
+    async def cancel(self) -> None:
+        """Mark the run cancelled (visible to every process); no-op when terminal."""
+        with anyio.CancelScope(shield=True):
+            if (await self.refresh()).is_terminal:
+                return
+            if self._cancelled_at() is None:
+                write_json_atomic(self.run_dir / "cancelled.json", {"at": time.time()})
+            await self.refresh()
+
+    async def logs(self, stream: Stream = "stdout", *, follow: bool = False) -> AsyncIterator[str]:
+        """The configured lines that have appeared so far; ``follow`` waits for the rest."""
+        if stream not in ("stdout", "stderr"):
+            raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
+        lines = self._lines(stream)
+        for index, line in enumerate(lines):
+            due = self._line_time(index, len(lines))
+            while time.time() < due:
+                if not follow or (await self.refresh()).is_terminal:
+                    return
+                await anyio.sleep(min(due - time.time(), 0.25))
+            if self._state is RunState.CANCELLED and (self._cancelled_at() or 0) < due:
+                return
+            yield line
+
+    # -- records ----------------------------------------------------------------
+
+    def _record_data(self) -> dict[str, Any]:
+        return {
+            "run_dir": str(self.run_dir),
+            "submitted_at": self._submitted,
+            "timeout": self._timeout,
+        }
+
+    @classmethod
+    def _from_record(
+        cls, run_id: str, job: Job, config: BackendConfig, data: dict[str, Any]
+    ) -> DummyRunHandle:
+        if not isinstance(config, DummyConfig):
+            raise TypeError(f"expected a DummyConfig, got {type(config).__name__}")
+        return cls(
+            run_id=run_id,
+            job=job,
+            config=config,
+            run_dir=Path(data["run_dir"]),
+            submitted_at=float(data["submitted_at"]),
+            timeout=float(data["timeout"]),
+        )

@@ -1,0 +1,440 @@
+"""Local processes: detached, resumable runs on this machine.
+
+Each run gets a folder and a small supervisor process (see ``tether._supervisor``)
+started in a new session. The supervisor, not the Python process that submitted
+the run, enforces the timeout, turns a cancel into TERM-then-KILL of the run's
+process group and records the exit status in ``exit.json``; so a run survives
+the death of its submitter and any process can re-attach to it from a saved
+handle. Waiting uses Linux pidfds: no thread and no poll loop per run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import anyio
+from pydantic import Field
+
+from .. import _proc
+from .._files import default_runs_dir, write_json_atomic
+from .._runs import collect_outputs, last_line, make_run_dir, new_run_id, stage_inputs, tail_lines
+from .._supervisor import cached_supervisor, supervisor_argv
+from ..backend import Availability, Backend
+from ..config import BackendConfig
+from ..errors import BackendUnavailableError, ConfigError, SubmitError
+from ..handle import RunHandle, Stream
+from ..job import Job
+from ..records import write_record
+from ..result import RunResult, RunState
+
+_CAPABILITIES = frozenset({"detached", "reattach", "cancel", "logs_follow", "commands", "timeout"})
+
+
+class LocalConfig(BackendConfig):
+    """Run jobs as processes on this machine (rompy's ``LocalConfig``, detached)."""
+
+    type: Literal["local"] = "local"
+    command: str | list[str] | None = Field(
+        None,
+        description="Command to run when the job gives none.",
+        examples=["python run_model.py --verbose"],
+    )
+    shell: bool = Field(
+        True,
+        description="Run a string command through /bin/sh; False splits it into argv "
+        "(no shell). A list command is always argv.",
+    )
+    capture_output: bool = Field(
+        True,
+        description="Write stdout/stderr to files in the run folder; False lets them go "
+        "to the submitting process's terminal (logs() then yields nothing).",
+    )
+    runs_dir: Path | None = Field(
+        None,
+        description="Folder for run folders; default $TETHER_HOME/runs "
+        "(~/.local/state/tether/runs).",
+    )
+    cancel_grace: float = Field(
+        5.0,
+        ge=0,
+        le=600,
+        description="Seconds between TERM and KILL when a run is cancelled or times out.",
+    )
+
+    capabilities: ClassVar[frozenset[str]] = _CAPABILITIES
+
+    def create(self) -> LocalBackend:
+        """Return a :class:`LocalBackend` with these settings."""
+        return LocalBackend(self)
+
+    @classmethod
+    def handle_class(cls) -> type[LocalRunHandle]:
+        """Saved local runs load into :class:`LocalRunHandle`."""
+        return LocalRunHandle
+
+
+# Supervisors we started are our children until they exit; reap the finished ones
+# now and then so a long-lived submitter never piles up zombies.
+_children: set[int] = set()
+
+
+def _reap_finished() -> None:
+    for pid in list(_children):
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done:
+            _children.discard(pid)
+
+
+@cache
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+class LocalBackend(Backend[LocalConfig]):
+    """Starts each job under its own supervisor; see the module docstring."""
+
+    capabilities: ClassVar[frozenset[str]] = _CAPABILITIES
+
+    async def check(self) -> Availability:
+        """Usable on Linux with pidfd support and a supervisor (native or Python)."""
+        if not hasattr(os, "pidfd_open") or not Path("/proc/self/stat").exists():
+            return Availability(False, "the local backend needs Linux (pidfd_open and /proc)")
+        try:
+            await anyio.to_thread.run_sync(supervisor_argv)
+        except BackendUnavailableError as exc:
+            return Availability(False, str(exc))
+        return Availability(True)
+
+    def _argv(self, job: Job) -> list[str]:
+        command = job.command if job.command is not None else self.config.command
+        if command is None:
+            raise ConfigError(
+                f"Job {job.name!r} has no command: give the job a command or set "
+                "LocalConfig.command."
+            )
+        if isinstance(command, list):
+            return [str(part) for part in command]
+        if self.config.shell:
+            return ["/bin/sh", "-c", command]
+        try:
+            return shlex.split(command)
+        except ValueError as exc:
+            raise ConfigError(f"Job {job.name!r}: cannot split command ({exc}).") from exc
+
+    async def submit(self, job: Job) -> LocalRunHandle:
+        """Start ``job`` under a supervisor and return at once."""
+        argv = self._argv(job)
+        config = self.config
+        timeout = float(config.timeout)
+        if job.resources.walltime is not None:
+            timeout = min(timeout, job.resources.walltime)
+        # The first run may compile the supervisor: do that off the event loop.
+        supervisor = cached_supervisor() or await anyio.to_thread.run_sync(supervisor_argv)
+        _reap_finished()
+        run_id = new_run_id(job.name)
+        run_dir = make_run_dir((config.runs_dir or default_runs_dir()).expanduser(), run_id)
+        cwd = (job.workdir or config.working_dir or run_dir).expanduser().absolute()
+        try:
+            stage_inputs(job.inputs, run_dir)
+            env = {
+                **os.environ,
+                **config.resolved_env(),
+                **job.resolved_env(),
+                "TETHER_RUN_ID": run_id,
+                "TETHER_RUN_DIR": str(run_dir),
+            }
+            args = [
+                *supervisor,
+                str(run_dir),
+                str(cwd),
+                repr(timeout),
+                repr(config.cancel_grace),
+                "1" if config.capture_output else "0",
+                *argv,
+            ]
+            started = time.time()
+            pid = os.posix_spawn(
+                supervisor[0],
+                args,
+                env,
+                file_actions=[(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0)],
+                setsid=True,
+            )
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(run_dir)
+            if isinstance(exc, OSError):
+                raise SubmitError(f"Cannot start run of job {job.name!r}: {exc}") from exc
+            raise
+        _children.add(pid)
+        handle = LocalRunHandle(
+            run_id=run_id,
+            job=job,
+            config=config,
+            run_dir=run_dir,
+            cwd=cwd,
+            pid=pid,
+            ticks=_proc.start_ticks(pid),
+            boot_id=_boot_id(),
+            started_at=started,
+            timeout=timeout,
+        )
+        # A copy of the handle in the run folder: runs can be found and re-attached
+        # from the folder alone (``tether ls``), even if the caller never saves one.
+        write_record(run_dir / "handle.json", handle.to_record(), sync=False)
+        return handle
+
+
+class LocalRunHandle(RunHandle):
+    """Handle of one local run; works from any process on the same machine."""
+
+    backend_type: ClassVar[str] = "local"
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        job: Job,
+        config: LocalConfig,
+        run_dir: Path,
+        cwd: Path,
+        pid: int,
+        ticks: int | None,
+        boot_id: str,
+        started_at: float,
+        timeout: float,
+    ) -> None:
+        # A local run starts RUNNING: the supervisor is up when submit returns.
+        super().__init__(run_id=run_id, job=job, config=config, state=RunState.RUNNING)
+        self._local = config
+        self.run_dir = run_dir
+        self._cwd = cwd
+        self._pid = pid
+        self._ticks = ticks
+        self._boot_id = boot_id
+        self._started_at = started_at
+        self._timeout = timeout
+
+    @property
+    def pid(self) -> int:
+        """Pid of the run's supervisor (also its session id)."""
+        return self._pid
+
+    # -- observing --------------------------------------------------------------
+
+    def _read_exit(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads((self.run_dir / "exit.json").read_text())
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def _alive(self) -> bool:
+        if self._boot_id and self._boot_id != _boot_id():
+            return False  # the machine rebooted since: the pid means nothing now
+        ticks = _proc.start_ticks(self._pid)
+        return ticks is not None and (self._ticks is None or ticks == self._ticks)
+
+    def _stamp(self, seconds: float | None) -> datetime | None:
+        return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
+
+    def _result_from_exit(self, data: dict[str, Any]) -> RunResult:
+        reason = data.get("reason")
+        code = data.get("exit_code")
+        stdout = self.run_dir / "stdout" if self._local.capture_output else None
+        stderr = self.run_dir / "stderr" if self._local.capture_output else None
+        error: str | None = None
+        if reason == "timeout":
+            state = RunState.TIMED_OUT
+            error = f"timed out after {self._timeout:g}s (process group stopped)"
+        elif reason == "cancelled":
+            state = RunState.CANCELLED
+            error = "cancelled"
+        elif reason == "exited" and code == 0:
+            state = RunState.SUCCEEDED
+        else:
+            state = RunState.FAILED
+            error = data.get("error") or self._failure_reason(code, stderr)
+        outputs: list[Path] = []
+        if self._job.outputs and self.run_dir.is_dir():
+            outputs = collect_outputs(self._job.outputs, self._cwd, self.run_dir)
+        return RunResult(
+            run_id=self.run_id,
+            state=state,
+            exit_code=code if isinstance(code, int) else None,
+            started_at=self._stamp(data.get("started", self._started_at)),
+            ended_at=self._stamp(data.get("ended")),
+            stdout=stdout,
+            stderr=stderr,
+            outputs=outputs,
+            error=error,
+        )
+
+    @staticmethod
+    def _failure_reason(code: Any, stderr: Path | None) -> str:
+        if isinstance(code, int) and code < 0:
+            text = f"killed by signal {signal.Signals(-code).name}"
+        elif code == 127:
+            text = "exit code 127 (command not found?)"
+        else:
+            text = f"exit code {code}"
+        tail = last_line(stderr) if stderr else ""
+        return f"{text}: {tail}" if tail else text
+
+    def _lost(self, why: str) -> RunResult:
+        return RunResult(
+            run_id=self.run_id,
+            state=RunState.LOST,
+            started_at=self._stamp(self._started_at),
+            error=why,
+        )
+
+    async def refresh(self) -> RunState:
+        """Read the recorded exit status, or check that the supervisor still lives."""
+        if self._result is not None:
+            return self._state
+        data = self._read_exit()
+        if data is not None:
+            self._finish(self._result_from_exit(data))
+        elif not self.run_dir.is_dir():
+            self._finish(self._lost(f"run folder {self.run_dir} no longer exists"))
+        elif not self._alive():
+            data = self._read_exit()  # it may have finished between the two looks
+            if data is not None:
+                self._finish(self._result_from_exit(data))
+            else:
+                self._finish(self._lost("the run's supervisor ended without recording a status"))
+        return self._state
+
+    async def _wait_done(self) -> RunResult:
+        while True:
+            if (await self.refresh()).is_terminal:
+                assert self._result is not None
+                return self._result
+            fd = _proc.open_pidfd(self._pid, self._ticks)
+            if fd is None:
+                continue  # gone already: the next refresh settles it
+            try:
+                await _proc.wait_pidfd(fd)
+            finally:
+                os.close(fd)
+            if self._pid in _children:
+                _proc.reap(self._pid)
+                _children.discard(self._pid)
+
+    async def _wait_or_end(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``, waking early if the run ends; True once it has."""
+        if (await self.refresh()).is_terminal:
+            return True
+        fd = _proc.open_pidfd(self._pid, self._ticks)
+        if fd is not None:
+            try:
+                with anyio.move_on_after(seconds):
+                    await _proc.wait_pidfd(fd)
+            finally:
+                os.close(fd)
+        return (await self.refresh()).is_terminal
+
+    # -- acting ----------------------------------------------------------------
+
+    async def cancel(self) -> None:
+        """Ask the supervisor to stop the run (TERM, then KILL after the grace)."""
+        with anyio.CancelScope(shield=True):
+            if (await self.refresh()).is_terminal:
+                return
+            fd = _proc.open_pidfd(self._pid, self._ticks)
+            if fd is not None:
+                try:
+                    signal.pidfd_send_signal(fd, signal.SIGTERM)
+                    with anyio.move_on_after(self._local.cancel_grace + 5.0) as scope:
+                        await _proc.wait_pidfd(fd)
+                    if scope.cancelled_caught:  # the supervisor is stuck: do its job
+                        _proc.kill_session(self._pid, signal.SIGKILL)
+                        with contextlib.suppress(ProcessLookupError):
+                            signal.pidfd_send_signal(fd, signal.SIGKILL)
+                        self._record_cancel()
+                    # Anything that left the run's process group but not its session.
+                    _proc.kill_session(self._pid, signal.SIGKILL)
+                finally:
+                    os.close(fd)
+                if self._pid in _children:
+                    _proc.reap(self._pid)
+                    _children.discard(self._pid)
+            await self.refresh()
+
+    def _record_cancel(self) -> None:
+        if self._read_exit() is None:
+            write_json_atomic(
+                self.run_dir / "exit.json",
+                {
+                    "reason": "cancelled",
+                    "started": self._started_at,
+                    "ended": time.time(),
+                    "exit_code": None,
+                    "signal": signal.SIGKILL.value,
+                    "error": None,
+                    "supervisor": "orchestrator",
+                },
+            )
+
+    async def logs(self, stream: Stream = "stdout", *, follow: bool = False) -> AsyncIterator[str]:
+        """Lines of the run's stdout or stderr file; ``follow`` streams until the end."""
+        if stream not in ("stdout", "stderr"):
+            raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
+        if not self._local.capture_output:
+            return
+        async for line in tail_lines(
+            self.run_dir / stream, follow=follow, wait_more=lambda: self._wait_or_end(0.2)
+        ):
+            yield line
+
+    # -- records ---------------------------------------------------------------
+
+    def _record_data(self) -> dict[str, Any]:
+        return {
+            "run_dir": str(self.run_dir),
+            "cwd": str(self._cwd),
+            "pid": self._pid,
+            "start_ticks": self._ticks,
+            "boot_id": self._boot_id,
+            "started_at": self._started_at,
+            "timeout": self._timeout,
+        }
+
+    @classmethod
+    def _from_record(
+        cls, run_id: str, job: Job, config: BackendConfig, data: dict[str, Any]
+    ) -> LocalRunHandle:
+        if not isinstance(config, LocalConfig):
+            raise TypeError(f"expected a LocalConfig, got {type(config).__name__}")
+        return cls(
+            run_id=run_id,
+            job=job,
+            config=config,
+            run_dir=Path(data["run_dir"]),
+            cwd=Path(data["cwd"]),
+            pid=int(data["pid"]),
+            ticks=None if data["start_ticks"] is None else int(data["start_ticks"]),
+            boot_id=str(data.get("boot_id", "")),
+            started_at=float(data["started_at"]),
+            timeout=float(data["timeout"]),
+        )

@@ -1,0 +1,77 @@
+"""Every error tether raises on purpose.
+
+The tree::
+
+    TetherError
+    ├── ConfigError (ValueError)          bad backend config, job file or option
+    │   └── UnknownBackendError (KeyError) no backend registered under a name
+    ├── RecordError (ValueError)          a saved handle record cannot be read
+    │   └── RecordVersionError            a record written by a newer/unknown schema
+    ├── SubmitError (RuntimeError)        a backend could not start a run
+    ├── BackendUnavailableError (RuntimeError)  a backend cannot be used on this machine
+    ├── RunFailedError (RuntimeError)     ``result()`` of a run that did not succeed
+    ├── WaitTimeout (TimeoutError)        ``wait(timeout=…)`` ran out; the run goes on
+    └── InvalidTransitionError (RuntimeError)  an illegal run-state change
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .result import RunResult, RunState
+
+
+class TetherError(Exception):
+    """Raised when tether refuses or fails something on purpose; the root of all its errors."""
+
+
+class ConfigError(TetherError, ValueError):
+    """Raised when a backend config, job file or option is invalid."""
+
+
+class UnknownBackendError(ConfigError, KeyError):
+    """Raised when no backend is registered under the requested type name."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class RecordError(TetherError, ValueError):
+    """Raised when a saved handle record is missing, corrupt or truncated."""
+
+
+class RecordVersionError(RecordError):
+    """Raised when a saved record has a schema version this tether cannot read."""
+
+
+class SubmitError(TetherError, RuntimeError):
+    """Raised when a backend cannot start a run (missing input, unwritable run folder…)."""
+
+
+class BackendUnavailableError(TetherError, RuntimeError):
+    """Raised when a backend cannot be used on this machine (missing tool or extra)."""
+
+
+class RunFailedError(TetherError, RuntimeError):
+    """Raised by ``RunHandle.result()`` when the run ended in any state but SUCCEEDED."""
+
+    def __init__(self, result: RunResult) -> None:
+        self.result = result
+        detail = f": {result.error}" if result.error else ""
+        super().__init__(f"Run {result.run_id} ended {result.state.value}{detail}")
+
+
+class WaitTimeout(TetherError, TimeoutError):
+    """Raised when ``wait(timeout=…)`` runs out; the run itself keeps going."""
+
+
+class InvalidTransitionError(TetherError, RuntimeError):
+    """Raised when a run would move between states the state machine forbids."""
+
+    def __init__(self, run_id: str, current: RunState, new: RunState) -> None:
+        self.current = current
+        self.new = new
+        super().__init__(
+            f"Run {run_id} cannot move from {current.value} to {new.value}"
+        )

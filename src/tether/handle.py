@@ -1,0 +1,197 @@
+"""The run handle contract: one stateful object per run, savable and re-loadable."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Generator
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
+
+import anyio
+
+from .config import BackendConfig
+from .errors import InvalidTransitionError, RecordError, RunFailedError, WaitTimeout
+from .job import Job
+from .records import read_record, write_record
+from .result import RunResult, RunState
+
+Stream = Literal["stdout", "stderr"]
+H = TypeVar("H", bound="RunHandle")
+
+
+class RunHandle(ABC):
+    """The handle of one run: await it, poll it, cancel it, read its logs, save it.
+
+    A handle holds the last state it observed (``state``); the async methods ask the
+    backend for news. Saving writes a versioned JSON record; ``load_handle`` (or
+    ``cls.load``) rebuilds an equivalent handle in any process, without the backend
+    object that made it, to re-attach to the same run.
+    """
+
+    #: Registry name of the backend whose runs this class handles.
+    backend_type: ClassVar[str]
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        job: Job,
+        config: BackendConfig,
+        state: RunState = RunState.PENDING,
+    ) -> None:
+        self._run_id = run_id
+        self._job = job
+        self._config = config
+        self._state = state
+        self._result: RunResult | None = None
+
+    # -- plain attributes (sync: they touch nothing) --------------------------------
+
+    @property
+    def run_id(self) -> str:
+        """The run's id, unique across backends and machines."""
+        return self._run_id
+
+    @property
+    def job(self) -> Job:
+        """The job this run executes (secret values are absent after a reload)."""
+        return self._job
+
+    @property
+    def config(self) -> BackendConfig:
+        """The backend settings the run was submitted with."""
+        return self._config
+
+    @property
+    def state(self) -> RunState:
+        """The last state observed; call ``refresh()`` for news."""
+        return self._state
+
+    @property
+    def last_result(self) -> RunResult | None:
+        """The terminal result once observed, else None."""
+        return self._result
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} run_id={self._run_id!r} state={self._state.value}>"
+
+    def __await__(self) -> Generator[Any, None, RunResult]:
+        """``await handle`` is ``await handle.wait()``."""
+        return self.wait().__await__()
+
+    # -- the state machine --------------------------------------------------------------
+
+    def _set_state(self, new: RunState) -> None:
+        """Move to ``new``; terminal states are final, RUNNING never goes back to PENDING."""
+        if not self._state.can_become(new):
+            raise InvalidTransitionError(self._run_id, self._state, new)
+        self._state = new
+
+    def _finish(self, result: RunResult) -> RunResult:
+        """Record the terminal result (idempotent for the same terminal state)."""
+        if self._result is not None:
+            return self._result
+        self._set_state(result.state)
+        self._result = result
+        return result
+
+    # -- the contract -------------------------------------------------------------------
+
+    @abstractmethod
+    async def refresh(self) -> RunState:
+        """Ask the backend for the run's current state, store it and return it.
+
+        Never raises because the run is gone: a run that cannot be found is LOST.
+        """
+
+    @abstractmethod
+    async def _wait_done(self) -> RunResult:
+        """Block until the run is terminal and return its result (event-driven)."""
+
+    @abstractmethod
+    async def cancel(self) -> None:
+        """End the run and everything it started; idempotent and shielded.
+
+        A no-op on a terminal run. Returns once nothing of the run is left running.
+        """
+
+    @abstractmethod
+    def logs(self, stream: Stream = "stdout", *, follow: bool = False) -> AsyncIterator[str]:
+        """Yield the run's output lines (without newlines).
+
+        With ``follow=True`` keep yielding new lines while the run goes on and stop
+        when it has ended and everything was read.
+        """
+
+    @abstractmethod
+    def _record_data(self) -> dict[str, Any]:
+        """The backend's own part of the saved record (ids, paths), JSON-ready."""
+
+    @classmethod
+    @abstractmethod
+    def _from_record(
+        cls: type[H], run_id: str, job: Job, config: BackendConfig, data: dict[str, Any]
+    ) -> H:
+        """Rebuild a handle from a record's parts; no I/O, no validation of liveness."""
+
+    # -- behaviour shared by every backend ---------------------------------------------
+
+    async def wait(self, timeout: float | None = None) -> RunResult:
+        """Wait until the run is terminal and return its result.
+
+        With ``timeout`` (seconds), raise :class:`WaitTimeout` (a ``TimeoutError``)
+        when it runs out; the run itself goes on. Cancelling the waiting task does
+        not cancel the run either.
+        """
+        if self._result is not None:
+            return self._result
+        if timeout is None:
+            return await self._wait_done()
+        result: RunResult | None = None
+        with anyio.move_on_after(timeout):
+            result = await self._wait_done()
+        if result is None:
+            raise WaitTimeout(
+                f"Run {self._run_id} still {self._state.value} after {timeout:g}s; "
+                "it keeps going (wait again, or cancel it)."
+            )
+        return result
+
+    async def is_complete(self) -> bool:
+        """True once the run is terminal."""
+        return (await self.refresh()).is_terminal
+
+    async def result(self) -> RunResult:
+        """Wait for the run; return its result, or raise :class:`RunFailedError`."""
+        result = await self.wait()
+        if not result.ok:
+            raise RunFailedError(result)
+        return result
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON-ready record ``save`` writes (no secrets, no pickles)."""
+        return {
+            "backend": self.backend_type,
+            "run_id": self._run_id,
+            "job": self._job.to_record(),
+            "config": self._config.to_record(),
+            "data": self._record_data(),
+        }
+
+    async def save(self, path: str | Path) -> Path:
+        """Write the handle's record to ``path`` atomically (mode 0600); return the path."""
+        target = Path(path)
+        write_record(target, self.to_record())
+        return target
+
+    @classmethod
+    async def load(cls: type[H], path: str | Path) -> H:
+        """Load a saved handle; the record must belong to this class's backend."""
+        from .registry import handle_from_record
+
+        handle = handle_from_record(read_record(Path(path)), source=Path(path))
+        if not isinstance(handle, cls):
+            raise RecordError(
+                f"Handle file '{path}' is a {handle.backend_type!r} run, not {cls.__name__}."
+            )
+        return handle

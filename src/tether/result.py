@@ -1,0 +1,82 @@
+"""Run states and the result of a finished (or last observed) run."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import anyio
+from pydantic import BaseModel, ConfigDict
+
+
+class RunState(str, Enum):
+    """Where a run is in its life. Terminal states never change again."""
+
+    PENDING = "PENDING"  # accepted by the backend, not started yet (queued)
+    RUNNING = "RUNNING"  # started; its processes or tasks are alive
+    SUCCEEDED = "SUCCEEDED"  # ended on its own with success (exit code 0)
+    FAILED = "FAILED"  # ended on its own with failure, or could not start
+    CANCELLED = "CANCELLED"  # ended because someone called cancel()
+    TIMED_OUT = "TIMED_OUT"  # ended because the backend enforced the timeout
+    LOST = "LOST"  # can no longer be found; its outcome is unknown
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for the states a run never leaves."""
+        return self not in (RunState.PENDING, RunState.RUNNING)
+
+    def can_become(self, new: RunState) -> bool:
+        """Whether the state machine allows moving from this state to ``new``."""
+        if self is new:
+            return True
+        if self.is_terminal:
+            return False
+        return not (self is RunState.RUNNING and new is RunState.PENDING)
+
+
+class RunResult(BaseModel):
+    """What a run came to: its state, exit code, times, logs and outputs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    run_id: str
+    state: RunState
+    exit_code: int | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    stdout: Path | None = None
+    stderr: Path | None = None
+    outputs: list[Path] = []
+    error: str | None = None
+    value: Any = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the run succeeded."""
+        return self.state is RunState.SUCCEEDED
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds between start and end, when both are known."""
+        if self.started_at is None or self.ended_at is None:
+            return None
+        return (self.ended_at - self.started_at).total_seconds()
+
+    async def read_stdout(self) -> str:
+        """The run's standard output as text ('' when it was not captured)."""
+        return await _read_text(self.stdout)
+
+    async def read_stderr(self) -> str:
+        """The run's standard error as text ('' when it was not captured)."""
+        return await _read_text(self.stderr)
+
+
+async def _read_text(path: Path | None) -> str:
+    if path is None:
+        return ""
+    try:
+        return await anyio.Path(path).read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
