@@ -25,6 +25,17 @@ def start_ticks(pid: int) -> int | None:
     return int(fields[19])
 
 
+def is_running(pid: int, ticks: int | None) -> bool:
+    """True if ``pid`` is alive (not a zombie) and, given ``ticks``, the same process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return fields[0] != b"Z" and (ticks is None or int(fields[19]) == ticks)
+
+
 def open_pidfd(pid: int, ticks: int | None) -> int | None:
     """A pidfd for the process ``pid`` if it is still the one that started at ``ticks``."""
     try:
@@ -50,7 +61,7 @@ def reap(pid: int) -> None:
 
 
 def session_members(sid: int) -> Iterator[int]:
-    """Pids of the processes in session ``sid`` (the run's whole tree, leader aside)."""
+    """Live pids in session ``sid`` (the run's whole tree), leader and zombies aside."""
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -63,7 +74,7 @@ def session_members(sid: int) -> Iterator[int]:
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
         fields = stat[stat.rindex(b")") + 2 :].split()
-        if int(fields[3]) == sid:
+        if int(fields[3]) == sid and fields[0] != b"Z":
             yield pid
 
 

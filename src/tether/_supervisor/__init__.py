@@ -60,12 +60,18 @@ def native_supervisor() -> list[str]:
         src = Path(tmp) / "supervise.c"
         src.write_bytes(source)
         binary = Path(tmp) / "tether-supervise"
-        proc = subprocess.run(
-            [compiler, "-O2", "-o", str(binary), str(src)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        try:
+            proc = subprocess.run(
+                [compiler, "-O2", "-o", str(binary), str(src)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+        except OSError as exc:
+            raise BackendUnavailableError(
+                f"Cannot run the C compiler {compiler!r} ({exc.strerror}): install one "
+                "or set TETHER_SUPERVISOR=python."
+            ) from exc
         if proc.returncode != 0:
             detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise BackendUnavailableError(

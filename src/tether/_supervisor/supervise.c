@@ -139,9 +139,12 @@ int main(int argc, char **argv) {
     int pipefd[2];
     if (pipe2(pipefd, O_CLOEXEC) != 0) { perror("tether-supervise: pipe"); return 3; }
 
-    sigset_t all, old;
+    /* tether starts us with TERM/INT/HUP blocked so that an early cancel waits
+       for the handlers; keep everything blocked until the group is known. */
+    sigset_t all, none;
     sigfillset(&all);
-    sigprocmask(SIG_BLOCK, &all, &old); /* no handler runs until group is known */
+    sigemptyset(&none);
+    sigprocmask(SIG_BLOCK, &all, NULL);
     pid_t child = fork();
     if (child < 0) { perror("tether-supervise: fork"); return 3; }
     if (child == 0) {
@@ -152,7 +155,7 @@ int main(int argc, char **argv) {
         sigaction(SIGTERM, &dfl, NULL);
         sigaction(SIGINT, &dfl, NULL);
         sigaction(SIGHUP, &dfl, NULL);
-        sigprocmask(SIG_SETMASK, &old, NULL);
+        sigprocmask(SIG_SETMASK, &none, NULL);
         setpgid(0, 0);
         if (capture) { dup2(out, 1); dup2(err, 2); }
         int e = 0;
@@ -164,7 +167,7 @@ int main(int argc, char **argv) {
     setpgid(child, child);
     group = child;
     if (timeout > 0) arm(timeout);
-    sigprocmask(SIG_SETMASK, &old, NULL);
+    sigprocmask(SIG_SETMASK, &none, NULL);
     close(pipefd[1]);
     if (out >= 0) close(out);
     if (err >= 0) close(err);

@@ -84,6 +84,8 @@ class LocalConfig(BackendConfig):
         return LocalRunHandle
 
 
+_CANCEL_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
 # Supervisors we started are our children until they exit; reap the finished ones
 # now and then so a long-lived submitter never piles up zombies.
 _children: set[int] = set()
@@ -176,6 +178,9 @@ class LocalBackend(Backend[LocalConfig]):
                 env,
                 file_actions=[(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0)],
                 setsid=True,
+                # Blocked until the supervisor's handlers are in place: a cancel sent
+                # right after submit is held, not fatal to the supervisor.
+                setsigmask=_CANCEL_SIGNALS,
             )
         except BaseException as exc:
             with contextlib.suppress(OSError):
@@ -251,8 +256,7 @@ class LocalRunHandle(RunHandle):
     def _alive(self) -> bool:
         if self._boot_id and self._boot_id != _boot_id():
             return False  # the machine rebooted since: the pid means nothing now
-        ticks = _proc.start_ticks(self._pid)
-        return ticks is not None and (self._ticks is None or ticks == self._ticks)
+        return _proc.is_running(self._pid, self._ticks)
 
     def _stamp(self, seconds: float | None) -> datetime | None:
         return None if seconds is None else datetime.fromtimestamp(seconds, UTC)

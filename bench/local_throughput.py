@@ -1,0 +1,211 @@
+"""Throughput of the local backend against raw asyncio subprocesses.
+
+Runs ``/bin/true`` N times (default 500) with K in flight (default 4), two ways, in
+the same process:
+
+* **raw**: ``asyncio.create_subprocess_exec('/bin/true')`` then ``await proc.wait()``
+  (plain asyncio, no tether);
+* **tether**: ``await backend.submit(Job(command=['/bin/true']))`` then
+  ``await handle.wait()`` through :class:`tether.LocalBackend` (a supervisor process,
+  a run folder, ``handle.json`` and ``exit.json`` per run).
+
+After one warm-up of each (the first local submit may compile the supervisor), the
+(raw, tether) pair is repeated R times, interleaved so that drifts in machine load
+hit both alike. The median runs/s of each and the ratio of medians (tether / raw)
+are printed and written to ``bench/results/local_throughput.json``. The script exits
+with status 1 when the ratio is below ``--min-ratio``, so it can act as a CI gate.
+
+Usage::
+
+    python bench/local_throughput.py [--runs 500] [--concurrency 4] [--repeats 5]
+                                     [--supervisor c|python] [--min-ratio 0.6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results" / "local_throughput.json"
+COMMAND = "/bin/true"
+
+
+@dataclass
+class Report:
+    """Everything the bench measured, as written to the JSON results file."""
+
+    runs: int
+    concurrency: int
+    repeats: int
+    supervisor: str
+    supervisor_argv: list[str]
+    min_ratio: float
+    raw_runs_per_s: list[float] = field(default_factory=list)
+    tether_runs_per_s: list[float] = field(default_factory=list)
+    raw_median: float = 0.0
+    tether_median: float = 0.0
+    ratio: float = 0.0
+    passed: bool = False
+    python: str = platform.python_version()
+    machine: str = f"{platform.system()} {platform.release()} {platform.machine()}"
+    cpus: int = os.cpu_count() or 0
+
+
+async def run_pool(runs: int, concurrency: int, one: Callable[[], Awaitable[None]]) -> float:
+    """Call ``one()`` ``runs`` times with ``concurrency`` in flight; return runs per second."""
+    remaining = runs
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await one()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return runs / (time.perf_counter() - started)
+
+
+async def raw_once() -> None:
+    """One run through plain asyncio: spawn ``/bin/true`` and wait for it."""
+    proc = await asyncio.create_subprocess_exec(COMMAND)
+    code = await proc.wait()
+    if code != 0:
+        raise RuntimeError(f"{COMMAND} exited with {code}")
+
+
+def make_tether_once(runs_dir: Path) -> Callable[[], Awaitable[None]]:
+    """One run through tether's local backend, its run folder under ``runs_dir``."""
+    import tether
+
+    backend = tether.LocalConfig(runs_dir=runs_dir).create()
+    job = tether.Job(command=[COMMAND])
+
+    async def once() -> None:
+        handle = await backend.submit(job)
+        result = await handle.wait()
+        if result.state is not tether.RunState.SUCCEEDED:
+            raise RuntimeError(f"tether run {result.run_id} ended {result.state.value}: {result}")
+
+    return once
+
+
+async def bench(report: Report, scratch: Path) -> None:
+    """Warm up, then time interleaved (raw, tether) pairs into ``report``."""
+    runs_dir = scratch / "runs"
+
+    def fresh() -> None:  # keep the runs folder small: one repeat's folders at a time
+        shutil.rmtree(runs_dir, ignore_errors=True)
+
+    tether_once = make_tether_once(runs_dir)
+    warmup = max(report.concurrency * 4, 20)
+    await run_pool(warmup, report.concurrency, raw_once)
+    await run_pool(warmup, report.concurrency, tether_once)
+    fresh()
+
+    from tether._supervisor import cached_supervisor
+
+    report.supervisor_argv = cached_supervisor() or []
+    for i in range(report.repeats):
+        raw = await run_pool(report.runs, report.concurrency, raw_once)
+        teth = await run_pool(report.runs, report.concurrency, tether_once)
+        fresh()
+        report.raw_runs_per_s.append(raw)
+        report.tether_runs_per_s.append(teth)
+        print(f"  repeat {i + 1}/{report.repeats}: raw {raw:7.1f} runs/s   tether {teth:7.1f} runs/s")
+
+    report.raw_median = statistics.median(report.raw_runs_per_s)
+    report.tether_median = statistics.median(report.tether_runs_per_s)
+    report.ratio = report.tether_median / report.raw_median
+    report.passed = report.ratio >= report.min_ratio
+
+
+def print_table(report: Report) -> None:
+    """The summary table: per-repeat figures and the medians."""
+    header = f"{'':8}" + "".join(f"{f'#{i + 1}':>9}" for i in range(report.repeats))
+    print()
+    print(f"{header}{'median':>10}")
+    for name, values, median in (
+        ("raw", report.raw_runs_per_s, report.raw_median),
+        ("tether", report.tether_runs_per_s, report.tether_median),
+    ):
+        print(f"{name:8}" + "".join(f"{v:9.1f}" for v in values) + f"{median:10.1f}")
+    print(f"\nratio of medians (tether/raw): {report.ratio:.3f}  (bar: >= {report.min_ratio})")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=500, help="runs per timed batch (500)")
+    parser.add_argument("--concurrency", type=int, default=4, help="runs in flight (4)")
+    parser.add_argument("--repeats", type=int, default=5, help="(raw, tether) pairs (5)")
+    parser.add_argument(
+        "--supervisor",
+        choices=("auto", "c", "python"),
+        default=None,
+        help="sets TETHER_SUPERVISOR (default: leave the environment as is)",
+    )
+    parser.add_argument(
+        "--min-ratio",
+        type=float,
+        default=0.6,
+        help="fail when median tether runs/s / median raw runs/s is below this (0.6)",
+    )
+    parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.concurrency < 1 or args.repeats < 1:
+        parser.error("--runs, --concurrency and --repeats must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the bench; return the process exit status."""
+    args = parse_args(argv)
+    if args.supervisor is not None:
+        os.environ["TETHER_SUPERVISOR"] = args.supervisor  # before tether is imported
+    report = Report(
+        runs=args.runs,
+        concurrency=args.concurrency,
+        repeats=args.repeats,
+        supervisor=os.environ.get("TETHER_SUPERVISOR", "auto"),
+        supervisor_argv=[],
+        min_ratio=args.min_ratio,
+    )
+    print(
+        f"local throughput: {args.runs} x {COMMAND}, {args.concurrency} in flight, "
+        f"{args.repeats} repeats, supervisor={report.supervisor}"
+    )
+    with tempfile.TemporaryDirectory(prefix="tether-bench-") as scratch:
+        asyncio.run(bench(report, Path(scratch)))
+    print_table(report)
+
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    data: dict[str, Any] = asdict(report)
+    args.output.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"results written to {args.output}", flush=True)
+    if not report.passed:
+        print(
+            f"FAIL: tether reaches {report.ratio:.3f} of raw asyncio throughput "
+            f"({report.tether_median:.1f} vs {report.raw_median:.1f} runs/s), "
+            f"below the bar of {report.min_ratio}.",
+            file=sys.stderr,
+        )
+        return 1
+    print("PASS")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

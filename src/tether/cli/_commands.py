@@ -1,0 +1,197 @@
+"""The CLI's commands: async functions of the parsed arguments that return an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import anyio
+
+from ..backends.local import LocalConfig
+from ..config import BackendConfig
+from ..errors import ConfigError, WaitTimeout
+from ..handle import RunHandle
+from ..job import Job
+from ..registry import load_config, load_handle, load_job
+from ..result import RunResult, RunState
+from ._render import (
+    StatusDisplay,
+    result_json,
+    run_folder,
+    state_json,
+    state_line,
+    summary,
+    write_lines,
+)
+
+EXIT_OK = 0  # the run succeeded, or the command did what it was asked
+EXIT_RUN_FAILED = 1  # the run ended in another state than SUCCEEDED
+EXIT_USAGE = 2  # bad arguments, job, config or handle file (argparse uses 2 as well)
+EXIT_WAIT_TIMEOUT = 3  # wait --timeout ran out; the run goes on
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it)
+
+#: Seconds between redraws of the status line and between asking the backend for
+#: news; the wait itself is event-driven, this only keeps the display current
+#: without polling a scheduler twice a second.
+REDRAW_EVERY = 0.5
+REFRESH_EVERY = 2.0
+
+
+def exit_code(state: RunState) -> int:
+    """0 while a run goes on or once it succeeded; 1 once it ended otherwise."""
+    return EXIT_RUN_FAILED if state.is_terminal and state is not RunState.SUCCEEDED else EXIT_OK
+
+
+def _stderr(*lines: str) -> None:
+    write_lines(sys.stderr, list(lines))
+
+
+def _stdout(*lines: str) -> None:
+    write_lines(sys.stdout, list(lines))
+
+
+def _job_and_config(job_path: Path, config_path: Path | None) -> tuple[Job, BackendConfig]:
+    """The job, and its config: --backend-config > the job file's ``backend:`` > local."""
+    job, config = load_job(job_path)
+    if config_path is not None:
+        config = load_config(config_path)
+    return job, config if config is not None else LocalConfig()
+
+
+async def _submit(job: Job, config: BackendConfig, handle_path: Path | None) -> RunHandle:
+    """Submit and save the handle; a run whose handle cannot be saved is cancelled."""
+    backend = config.create()
+    # Shielded: once the backend has started the run, a Ctrl-C must not lose its handle.
+    with anyio.CancelScope(shield=True):
+        handle = await backend.submit(job)
+    if handle_path is None:
+        return handle
+    try:
+        await handle.save(handle_path)
+    except BaseException as exc:
+        # Nobody could find the run again to wait for it or end it: don't leave it going.
+        with anyio.CancelScope(shield=True):
+            await handle.cancel()
+        if isinstance(exc, OSError):
+            raise ConfigError(
+                f"Cannot save the handle to '{handle_path}' ({exc.strerror or exc}); "
+                f"run {handle.run_id} was cancelled: pass a writable --handle path."
+            ) from exc
+        raise
+    return handle
+
+
+async def _show_progress(handle: RunHandle, display: StatusDisplay) -> None:
+    last_refresh = time.monotonic()
+    while True:
+        display.update(handle.state)
+        await anyio.sleep(REDRAW_EVERY)
+        if time.monotonic() - last_refresh >= REFRESH_EVERY:
+            # For news like PENDING -> RUNNING; the end itself comes through wait().
+            await handle.refresh()
+            last_refresh = time.monotonic()
+
+
+async def _watch(handle: RunHandle, timeout: float | None = None) -> RunResult:
+    """``handle.wait(timeout)`` with a status display on stderr while it waits."""
+    display = StatusDisplay(sys.stderr, handle.run_id, live=sys.stderr.isatty())
+    result: RunResult | None = None
+    error: Exception | None = None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_show_progress, handle, display)
+        try:
+            result = await handle.wait(timeout)
+        except Exception as exc:  # re-raised below, not wrapped in an ExceptionGroup
+            error = exc
+        finally:
+            tg.cancel_scope.cancel()
+            display.clear()
+    if error is not None:
+        raise error
+    assert result is not None
+    return result
+
+
+async def run(args: argparse.Namespace) -> int:
+    """``tether run``: submit, wait with a status line, print stdout and a summary."""
+    job, config = _job_and_config(args.job, args.backend_config)
+    handle = await _submit(job, config, args.handle)
+    try:
+        result = await _watch(handle)
+    except anyio.get_cancelled_exc_class():
+        # Interrupted: `tether run` owns the run it started, so it ends it too.
+        with anyio.CancelScope(shield=True):
+            _stderr(f"tether: interrupted: cancelling run {handle.run_id}")
+            await handle.cancel()
+            _stderr(state_line(handle.run_id, handle.state))
+        raise
+    if args.json:
+        _stdout(result_json(result))
+    else:
+        output = await result.read_stdout()
+        if output:
+            sys.stdout.write(output if output.endswith("\n") else output + "\n")
+            sys.stdout.flush()
+        _stderr(summary(result, run_folder(handle)))
+    return exit_code(result.state)
+
+
+async def submit(args: argparse.Namespace) -> int:
+    """``tether submit``: submit, save the handle, print the run id."""
+    job, config = _job_and_config(args.job, args.backend_config)
+    handle = await _submit(job, config, args.handle)
+    _stdout(handle.run_id)
+    return EXIT_OK
+
+
+async def status(args: argparse.Namespace) -> int:
+    """``tether status``: ask the backend for news and print the state."""
+    handle = await load_handle(args.handle)
+    state = await handle.refresh()
+    result = handle.last_result
+    if args.json:
+        _stdout(result_json(result) if result else state_json(handle.run_id, state))
+    else:
+        _stdout(summary(result, run_folder(handle)) if result else state_line(handle.run_id, state))
+    return exit_code(state)
+
+
+async def wait(args: argparse.Namespace) -> int:
+    """``tether wait``: wait for the run (or ``--timeout`` seconds) and print its result."""
+    handle = await load_handle(args.handle)
+    try:
+        result = await _watch(handle, args.timeout)
+    except WaitTimeout as exc:
+        _stderr(f"tether: {exc}")
+        return EXIT_WAIT_TIMEOUT
+    except anyio.get_cancelled_exc_class():
+        _stderr(
+            f"tether: interrupted; run {handle.run_id} keeps going "
+            f"(`tether cancel {args.handle}` ends it)"
+        )
+        raise
+    _stdout(result_json(result) if args.json else summary(result, run_folder(handle)))
+    return exit_code(result.state)
+
+
+async def cancel(args: argparse.Namespace) -> int:
+    """``tether cancel``: end the run (a no-op on an ended one) and print its state."""
+    handle = await load_handle(args.handle)
+    await handle.cancel()
+    result = handle.last_result
+    _stdout(summary(result, run_folder(handle)) if result else state_line(handle.run_id, handle.state))
+    return EXIT_OK
+
+
+async def logs(args: argparse.Namespace) -> int:
+    """``tether logs``: print the run's stdout (or stderr) lines; ``-f`` follows them."""
+    handle = await load_handle(args.handle)
+    stream = "stderr" if args.stderr else "stdout"
+    async for line in handle.logs(stream, follow=args.follow):
+        sys.stdout.write(line + "\n")
+        if args.follow:
+            sys.stdout.flush()
+    sys.stdout.flush()
+    return EXIT_OK

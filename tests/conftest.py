@@ -1,0 +1,40 @@
+"""Shared fixtures: isolated tether home, event-loop params, fresh-process helper."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def tether_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own state folder (runs go there unless a config says else)."""
+    home = tmp_path / "tether-home"
+    monkeypatch.setenv("TETHER_HOME", str(home))
+    return home
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Loop-neutral tests run under both asyncio and trio (anyio's pytest plugin)."""
+    return str(request.param)
+
+
+def run_python(code: str, *args: str, timeout: float = 60) -> dict[str, Any]:
+    """Run ``code`` in a fresh interpreter; it must print one JSON object last."""
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=os.environ.copy(),
+        check=False,
+    )
+    assert proc.returncode == 0, f"fresh process failed ({proc.returncode}):\n{proc.stderr}"
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))

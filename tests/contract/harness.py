@@ -1,0 +1,123 @@
+"""One harness per backend: how to express 'a run that takes N seconds and prints X'.
+
+The contract suite is written once against this small interface; a new backend
+joins the suite by adding a harness here.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import shutil
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+from tether import Backend, DummyConfig, DummyRunHandle, Job, LocalConfig, LocalRunHandle, RunHandle
+from tether._proc import is_running, session_members
+
+
+class Harness(ABC):
+    """Makes (backend, job) pairs with a given behaviour, and inspects leftovers."""
+
+    name: str
+
+    def __init__(self, runs_dir: Path) -> None:
+        self.runs_dir = runs_dir
+
+    @abstractmethod
+    def make(
+        self,
+        *,
+        lines: list[str] = (),  # type: ignore[assignment]
+        duration: float = 0.0,
+        exit_code: int = 0,
+        env: dict[str, Any] | None = None,
+        config_env: dict[str, Any] | None = None,
+        walltime: float | None = None,
+    ) -> tuple[Backend[Any], Job]:
+        """A backend and a job that prints ``lines`` over ``duration`` s, then exits."""
+
+    @abstractmethod
+    def assert_nothing_running(self, handle: RunHandle) -> None:
+        """Fail if anything of the run is still alive."""
+
+    @abstractmethod
+    def lose(self, handle: RunHandle) -> None:
+        """Make the run impossible to find, as a crash or a cleanup would."""
+
+
+class LocalHarness(Harness):
+    name = "local"
+
+    def make(self, *, lines=(), duration=0.0, exit_code=0, env=None, config_env=None, walltime=None):  # type: ignore[no-untyped-def]
+        steps = []
+        pause = duration / max(len(lines), 1)
+        for line in lines:
+            steps.append(f"echo {shlex.quote(line)}")
+            if pause:
+                steps.append(f"sleep {pause:.3f}")
+        if not lines and duration:
+            steps.append(f"sleep {duration:.3f}")
+        steps.append(f"exit {exit_code}")
+        config = LocalConfig(runs_dir=self.runs_dir, env_vars=config_env or {}, cancel_grace=2)
+        job = Job(
+            name="contract",
+            command="; ".join(steps),
+            env=env or {},
+            resources={"walltime": walltime} if walltime else {},
+        )
+        return config.create(), job
+
+    def assert_nothing_running(self, handle: RunHandle) -> None:
+        assert isinstance(handle, LocalRunHandle)
+        assert not is_running(handle.pid, None), "supervisor alive"
+        assert list(session_members(handle.pid)) == [], "processes of the run still alive"
+
+    def lose(self, handle: RunHandle) -> None:
+        assert isinstance(handle, LocalRunHandle)
+        # SIGKILL the supervisor and its run: nobody records an exit status.
+        for pid in [handle.pid, *session_members(handle.pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+class PythonSupervisorHarness(LocalHarness):
+    """The local backend with the pure-Python supervisor (no C compiler machines)."""
+
+    name = "local-python"
+
+
+class DummyHarness(Harness):
+    name = "dummy"
+
+    def make(self, *, lines=(), duration=0.0, exit_code=0, env=None, config_env=None, walltime=None):  # type: ignore[no-untyped-def]
+        config = DummyConfig(
+            runs_dir=self.runs_dir,
+            duration=duration,
+            stdout="".join(f"{line}\n" for line in lines),
+            outcome="succeeded" if exit_code == 0 else "failed",
+            exit_code=exit_code,
+            env_vars=config_env or {},
+        )
+        job = Job(
+            name="contract", env=env or {}, resources={"walltime": walltime} if walltime else {}
+        )
+        return config.create(), job
+
+    def assert_nothing_running(self, handle: RunHandle) -> None:
+        assert handle.state.is_terminal
+
+    def lose(self, handle: RunHandle) -> None:
+        assert isinstance(handle, DummyRunHandle)
+        shutil.rmtree(handle.run_dir)
+
+
+HARNESSES: dict[str, type[Harness]] = {
+    "local": LocalHarness,
+    "local-python": PythonSupervisorHarness,
+    "dummy": DummyHarness,
+}
