@@ -10,12 +10,11 @@ import pytest
 import tether
 from tether import DummyConfig, Job, LocalConfig, RunState
 
+
 @pytest.mark.asyncio
 async def test_gather_many_handles(tmp_path: Path) -> None:
     backend = LocalConfig(runs_dir=tmp_path).create()
-    handles = await asyncio.gather(
-        *(backend.submit(Job(command=f"echo {i}")) for i in range(10))
-    )
+    handles = await asyncio.gather(*(backend.submit(Job(command=f"echo {i}")) for i in range(10)))
     results = await asyncio.gather(*handles)  # handles are awaitables
     assert [await r.read_stdout() for r in results] == [f"{i}\n" for i in range(10)]
 

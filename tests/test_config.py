@@ -24,7 +24,7 @@ def test_base_fields_follow_rompy_rules(tmp_path: Path) -> None:
         LocalConfig(timeout=86401)
     with pytest.raises(ValidationError, match="non-empty"):
         LocalConfig(env_vars={"": "x"})
-    with pytest.raises(ValidationError, match="Working directory .* does not exist"):
+    with pytest.raises(ValidationError, match=r"Working directory .* does not exist"):
         LocalConfig(working_dir=tmp_path / "missing")
     afile = tmp_path / "file"
     afile.write_text("x")
@@ -78,7 +78,7 @@ def test_load_config_errors_name_file_line_and_field(tmp_path: Path) -> None:
 
     unknown = tmp_path / "unknown.yml"
     unknown.write_text("type: nope\n")
-    with pytest.raises(UnknownBackendError, match="known types: .*dummy.*local"):
+    with pytest.raises(UnknownBackendError, match=r"known types: .*dummy.*local"):
         tether.load_config(unknown)
 
     untyped = tmp_path / "untyped.yml"
@@ -172,8 +172,12 @@ def test_state_machine() -> None:
     assert not S.RUNNING.can_become(S.PENDING)
     assert not S.SUCCEEDED.can_become(S.FAILED)
     handle = tether.DummyRunHandle(
-        run_id="r1", job=tether.Job(), config=DummyConfig(), run_dir=Path("/nonexistent"),
-        submitted_at=0, timeout=60,
+        run_id="r1",
+        job=tether.Job(),
+        config=DummyConfig(),
+        run_dir=Path("/nonexistent"),
+        submitted_at=0,
+        timeout=60,
     )
     handle._set_state(S.SUCCEEDED)
     with pytest.raises(tether.InvalidTransitionError, match="from SUCCEEDED to RUNNING"):

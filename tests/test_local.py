@@ -187,14 +187,14 @@ async def test_many_runs_at_once_no_zombies(tmp_path: Path) -> None:
     results = []
     async with anyio.create_task_group() as tg:
         for handle in handles:
+
             async def wait(h: tether.RunHandle = handle) -> None:
                 results.append(await h.wait())
+
             tg.start_soon(wait)
     assert sorted(r.exit_code or 0 for r in results) == sorted(i % 3 for i in range(30))
     from tether.backends import local as local_module
 
     local_module._reap_finished()
-    zombies = [
-        pid for pid in local_module._children if os.path.exists(f"/proc/{pid}")
-    ]
+    zombies = [pid for pid in local_module._children if os.path.exists(f"/proc/{pid}")]
     assert zombies == []

@@ -9,8 +9,8 @@ import re
 import secrets
 import shutil
 import tempfile
-from datetime import UTC, datetime
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .errors import SubmitError

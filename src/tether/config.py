@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from abc import abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -77,12 +78,12 @@ class BackendConfig(BaseModel):
         return path.resolve()
 
     @abstractmethod
-    def create(self) -> Backend:
+    def create(self) -> Backend[Any]:
         """Return the backend these settings describe."""
 
     @classmethod
     @abstractmethod
-    def handle_class(cls) -> type[RunHandle]:
+    def handle_class(cls) -> builtins.type[RunHandle]:
         """The handle class that this backend's saved records load into."""
 
     def resolved_env(self) -> dict[str, str]:

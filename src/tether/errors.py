@@ -72,6 +72,4 @@ class InvalidTransitionError(TetherError, RuntimeError):
     def __init__(self, run_id: str, current: RunState, new: RunState) -> None:
         self.current = current
         self.new = new
-        super().__init__(
-            f"Run {run_id} cannot move from {current.value} to {new.value}"
-        )
+        super().__init__(f"Run {run_id} cannot move from {current.value} to {new.value}")

@@ -71,9 +71,7 @@ class Job(BaseModel):
     inputs: list[Path] = Field(
         default_factory=list, description="Files or folders copied into the run folder."
     )
-    outputs: list[str] = Field(
-        default_factory=list, description="Globs collected after the run."
-    )
+    outputs: list[str] = Field(default_factory=list, description="Globs collected after the run.")
     resources: Resources = Field(default_factory=Resources)
 
     @field_validator("env")
@@ -81,7 +79,9 @@ class Job(BaseModel):
     def _env_keys(cls, env: dict[str, str | SecretStr]) -> dict[str, str | SecretStr]:
         for key in env:
             if not key or "=" in key or "\0" in key:
-                raise ValueError(f"environment variable name {key!r} must be non-empty, without '='")
+                raise ValueError(
+                    f"environment variable name {key!r} must be non-empty, without '='"
+                )
         return env
 
     @field_validator("command")

@@ -59,7 +59,5 @@ def read_record(path: Path) -> dict[str, Any]:
         raise RecordVersionError(f"Handle file '{path}' has unknown schema version {version}.")
     missing = [key for key in _REQUIRED if key not in record]
     if missing:
-        raise RecordError(
-            f"Handle file '{path}' is incomplete: missing {', '.join(missing)}."
-        )
+        raise RecordError(f"Handle file '{path}' is incomplete: missing {', '.join(missing)}.")
     return record

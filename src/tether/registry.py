@@ -105,9 +105,7 @@ def load_job(path: str | Path) -> tuple[Job, BackendConfig | None]:
     except ValidationError as exc:
         raise ConfigError(format_validation(exc, path, lines)) from None
     # Relative paths in a job file are relative to the file, not to the caller's cwd.
-    update: dict[str, Any] = {
-        "inputs": [p if p.is_absolute() else (base / p) for p in job.inputs]
-    }
+    update: dict[str, Any] = {"inputs": [p if p.is_absolute() else (base / p) for p in job.inputs]}
     if job.workdir is not None and not job.workdir.is_absolute():
         update["workdir"] = base / job.workdir
     return job.model_copy(update=update), config

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,7 @@ import anyio
 from pydantic import BaseModel, ConfigDict
 
 
-class RunState(str, Enum):
+class RunState(StrEnum):
     """Where a run is in its life. Terminal states never change again."""
 
     PENDING = "PENDING"  # accepted by the backend, not started yet (queued)

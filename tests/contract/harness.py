@@ -6,10 +6,11 @@ joins the suite by adding a harness here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
-import signal
 import shutil
+import signal
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,9 @@ class Harness(ABC):
 class LocalHarness(Harness):
     name = "local"
 
-    def make(self, *, lines=(), duration=0.0, exit_code=0, env=None, config_env=None, walltime=None):  # type: ignore[no-untyped-def]
+    def make(
+        self, *, lines=(), duration=0.0, exit_code=0, env=None, config_env=None, walltime=None
+    ):  # type: ignore[no-untyped-def]
         steps = []
         pause = duration / max(len(lines), 1)
         for line in lines:
@@ -79,10 +82,8 @@ class LocalHarness(Harness):
         assert isinstance(handle, LocalRunHandle)
         # SIGKILL the supervisor and its run: nobody records an exit status.
         for pid in [handle.pid, *session_members(handle.pid)]:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 class PythonSupervisorHarness(LocalHarness):
@@ -94,7 +95,9 @@ class PythonSupervisorHarness(LocalHarness):
 class DummyHarness(Harness):
     name = "dummy"
 
-    def make(self, *, lines=(), duration=0.0, exit_code=0, env=None, config_env=None, walltime=None):  # type: ignore[no-untyped-def]
+    def make(
+        self, *, lines=(), duration=0.0, exit_code=0, env=None, config_env=None, walltime=None
+    ):  # type: ignore[no-untyped-def]
         config = DummyConfig(
             runs_dir=self.runs_dir,
             duration=duration,

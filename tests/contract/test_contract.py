@@ -305,4 +305,3 @@ async def test_save_is_atomic_and_owner_only(harness: Harness, tmp_path: Path) -
     assert json.loads(target.read_text())["run_id"] == handle.run_id
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
     await handle.wait()
-

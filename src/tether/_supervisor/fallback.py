@@ -6,6 +6,7 @@ so it needs nothing but the standard library and starts fast.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,34 +15,50 @@ import time
 from types import FrameType
 
 
+class _State:
+    """What the signal handlers share with the main flow."""
+
+    reason = "exited"  # becomes "timeout" or "cancelled" at most once
+    escalated = False  # KILL sent after the grace period
+    group = 0  # the run's process group, once it exists
+
+
 def main(argv: list[str]) -> int:
     """Run ``argv[5:]`` supervised; record the outcome in RUN_DIR/exit.json."""
     if len(argv) < 6:
         print("usage: fallback.py RUN_DIR CWD TIMEOUT GRACE CAPTURE ARGV...", file=sys.stderr)
         return 2
-    run_dir, cwd, timeout, grace, capture = argv[0], argv[1], float(argv[2]), float(argv[3]), argv[4]
+    run_dir, cwd, timeout, grace, capture = (
+        argv[0],
+        argv[1],
+        float(argv[2]),
+        float(argv[3]),
+        argv[4],
+    )
     command = argv[5:]
     started = time.time()
-    state = {"reason": "exited", "escalated": False, "group": 0}
+    state = _State()
 
     def stop(why: str) -> None:
-        if state["reason"] == "exited":
-            state["reason"] = why
-        _kill_group(int(state["group"]), signal.SIGTERM)
+        if state.reason == "exited":
+            state.reason = why
+        _kill_group(state.group, signal.SIGTERM)
         signal.setitimer(signal.ITIMER_REAL, max(grace, 0.001))
 
     def on_alarm(signum: int, frame: FrameType | None) -> None:
-        if state["reason"] == "exited":
+        if state.reason == "exited":
             stop("timeout")
-        elif not state["escalated"]:
-            state["escalated"] = True
-            _kill_group(int(state["group"]), signal.SIGKILL)
+        elif not state.escalated:
+            state.escalated = True
+            _kill_group(state.group, signal.SIGKILL)
 
     def on_cancel(signum: int, frame: FrameType | None) -> None:
-        if state["reason"] == "exited":
+        if state.reason == "exited":
             stop("cancelled")
 
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM, signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+    signal.pthread_sigmask(
+        signal.SIG_BLOCK, {signal.SIGALRM, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    )
     signal.signal(signal.SIGALRM, on_alarm)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, on_cancel)
@@ -72,11 +89,9 @@ def main(argv: list[str]) -> int:
                 os.write(write_end, str(exc.errno).encode())
         finally:
             os._exit(127)
-    try:
+    with contextlib.suppress(OSError):  # the child already did it, or already exec'd
         os.setpgid(pid, pid)
-    except OSError:
-        pass  # the child already did it, or already exec'd
-    state["group"] = pid
+    state.group = pid
     if timeout > 0:
         signal.setitimer(signal.ITIMER_REAL, timeout)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
@@ -88,15 +103,26 @@ def main(argv: list[str]) -> int:
     os.close(read_end)
 
     os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
-    _kill_group(pid, signal.SIGKILL if state["reason"] != "exited" else signal.SIGTERM)
+    _kill_group(pid, signal.SIGKILL if state.reason != "exited" else signal.SIGTERM)
     _, status = os.waitpid(pid, 0)
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM, signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+    signal.pthread_sigmask(
+        signal.SIG_BLOCK, {signal.SIGALRM, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    )
 
-    outcome: dict[str, object] = {"reason": state["reason"], "started": started, "ended": time.time()}
+    outcome: dict[str, object] = {"reason": state.reason, "started": started, "ended": time.time()}
     if failure:
         code = int(failure)
-        what = f"cannot enter working directory '{cwd}'" if code < 0 else f"cannot execute '{command[0]}'"
-        outcome.update(reason="exec_failed", exit_code=127, signal=None, error=f"{what}: {os.strerror(abs(code))}")
+        what = (
+            f"cannot enter working directory '{cwd}'"
+            if code < 0
+            else f"cannot execute '{command[0]}'"
+        )
+        outcome.update(
+            reason="exec_failed",
+            exit_code=127,
+            signal=None,
+            error=f"{what}: {os.strerror(abs(code))}",
+        )
     elif os.WIFSIGNALED(status):
         outcome.update(exit_code=-os.WTERMSIG(status), signal=os.WTERMSIG(status), error=None)
     else:
@@ -111,10 +137,8 @@ def main(argv: list[str]) -> int:
 
 def _kill_group(group: int, signum: int) -> None:
     if group > 0:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(group, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 if __name__ == "__main__":

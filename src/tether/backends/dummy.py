@@ -10,6 +10,7 @@ when its folder disappears.
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 from collections.abc import AsyncIterator
@@ -68,7 +69,7 @@ class DummyConfig(BackendConfig):
         return DummyBackend(self)
 
     @classmethod
-    def handle_class(cls) -> type[DummyRunHandle]:
+    def handle_class(cls) -> builtins.type[DummyRunHandle]:
         """Saved dummy runs load into :class:`DummyRunHandle`."""
         return DummyRunHandle
 
@@ -85,9 +86,7 @@ class DummyBackend(Backend[DummyConfig]):
     async def submit(self, job: Job) -> DummyRunHandle:
         """Create the run folder and start the simulated clock."""
         run_id = new_run_id(job.name)
-        run_dir = make_run_dir(
-            (self.config.runs_dir or default_runs_dir()).expanduser(), run_id
-        )
+        run_dir = make_run_dir((self.config.runs_dir or default_runs_dir()).expanduser(), run_id)
         stage_inputs(job.inputs, run_dir)
         timeout = float(self.config.timeout)
         if job.resources.walltime is not None:
@@ -169,7 +168,6 @@ class DummyRunHandle(RunHandle):
         return self._start + min(self._dummy.duration, self._timeout) * index / max(count, 1)
 
     def _finalize(self, state: RunState) -> RunResult:
-        stamp = lambda t: datetime.fromtimestamp(t, UTC)  # noqa: E731
         if state is RunState.LOST:
             return RunResult(run_id=self.run_id, state=state, error="the dummy run was lost")
         cancelled = self._cancelled_at()
@@ -180,9 +178,7 @@ class DummyRunHandle(RunHandle):
             for path, stream in ((stdout, "stdout"), (stderr, "stderr")):
                 lines = self._lines(stream)  # type: ignore[arg-type]
                 visible = [
-                    line
-                    for i, line in enumerate(lines)
-                    if self._line_time(i, len(lines)) <= ended
+                    line for i, line in enumerate(lines) if self._line_time(i, len(lines)) <= ended
                 ]
                 write_atomic(path, "".join(f"{line}\n" for line in visible).encode())
         if state is RunState.SUCCEEDED:
@@ -206,8 +202,8 @@ class DummyRunHandle(RunHandle):
             run_id=self.run_id,
             state=state,
             exit_code=code,
-            started_at=stamp(self._start) if ended >= self._start else None,
-            ended_at=stamp(ended),
+            started_at=_stamp(self._start) if ended >= self._start else None,
+            ended_at=_stamp(ended),
             stdout=stdout,
             stderr=stderr,
             outputs=outputs,
@@ -228,8 +224,9 @@ class DummyRunHandle(RunHandle):
         return self._state
 
     async def _wait_done(self) -> RunResult:
-        while not (await self.refresh()).is_terminal:
-            # Sleep to the simulated end; wake now and then for a cancel made elsewhere.
+        while not (await self.refresh()).is_terminal:  # noqa: ASYNC110
+            # Sleep to the simulated end; wake now and then for a cancel made elsewhere
+            # (another process's cancel is a file, not an event we could await).
             await anyio.sleep(max(0.0, min(self._end - time.time(), 0.25)) or 0.001)
         assert self._result is not None
         return self._result
@@ -281,3 +278,7 @@ class DummyRunHandle(RunHandle):
             submitted_at=float(data["submitted_at"]),
             timeout=float(data["timeout"]),
         )
+
+
+def _stamp(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)

@@ -10,6 +10,7 @@ handle. Waiting uses Linux pidfds: no thread and no poll loop per run.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 import os
@@ -79,7 +80,7 @@ class LocalConfig(BackendConfig):
         return LocalBackend(self)
 
     @classmethod
-    def handle_class(cls) -> type[LocalRunHandle]:
+    def handle_class(cls) -> builtins.type[LocalRunHandle]:
         """Saved local runs load into :class:`LocalRunHandle`."""
         return LocalRunHandle
 
@@ -148,7 +149,9 @@ class LocalBackend(Backend[LocalConfig]):
         if job.resources.walltime is not None:
             timeout = min(timeout, job.resources.walltime)
         # The first run may compile the supervisor: do that off the event loop.
-        supervisor = cached_supervisor() or await anyio.to_thread.run_sync(supervisor_argv)
+        supervisor = cached_supervisor()
+        if supervisor is None:
+            supervisor = await anyio.to_thread.run_sync(supervisor_argv)
         _reap_finished()
         run_id = new_run_id(job.name)
         run_dir = make_run_dir((config.runs_dir or default_runs_dir()).expanduser(), run_id)
