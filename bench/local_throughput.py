@@ -19,6 +19,7 @@ Usage::
 
     python bench/local_throughput.py [--runs 500] [--concurrency 4] [--repeats 5]
                                      [--supervisor c|python] [--min-ratio 0.6]
+                                     [--scratch DIR]
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import asyncio
 import json
 import os
 import platform
-import shutil
 import statistics
 import sys
 import tempfile
@@ -52,6 +52,7 @@ class Report:
     supervisor: str
     supervisor_argv: list[str]
     min_ratio: float
+    scratch: str
     raw_runs_per_s: list[float] = field(default_factory=list)
     tether_runs_per_s: list[float] = field(default_factory=list)
     raw_median: float = 0.0
@@ -104,27 +105,25 @@ def make_tether_once(runs_dir: Path) -> Callable[[], Awaitable[None]]:
 
 async def bench(report: Report, scratch: Path) -> None:
     """Warm up, then time interleaved (raw, tether) pairs into ``report``."""
-    runs_dir = scratch / "runs"
-
-    def fresh() -> None:  # keep the runs folder small: one repeat's folders at a time
-        shutil.rmtree(runs_dir, ignore_errors=True)
-
-    tether_once = make_tether_once(runs_dir)
+    # Run folders are only deleted at the end, with ``scratch``: on ext4 without a
+    # journal, creating files just after deleting many is slow (the inode allocator
+    # skips recently deleted inodes), which would skew every repeat after the first.
     warmup = max(report.concurrency * 4, 20)
     await run_pool(warmup, report.concurrency, raw_once)
-    await run_pool(warmup, report.concurrency, tether_once)
-    fresh()
+    await run_pool(warmup, report.concurrency, make_tether_once(scratch / "warmup"))
 
     from tether._supervisor import cached_supervisor
 
     report.supervisor_argv = cached_supervisor() or []
     for i in range(report.repeats):
+        tether_once = make_tether_once(scratch / f"runs-{i}")
         raw = await run_pool(report.runs, report.concurrency, raw_once)
         teth = await run_pool(report.runs, report.concurrency, tether_once)
-        fresh()
         report.raw_runs_per_s.append(raw)
         report.tether_runs_per_s.append(teth)
-        print(f"  repeat {i + 1}/{report.repeats}: raw {raw:7.1f} runs/s   tether {teth:7.1f} runs/s")
+        print(
+            f"  repeat {i + 1}/{report.repeats}: raw {raw:7.1f} runs/s   tether {teth:7.1f} runs/s"
+        )
 
     report.raw_median = statistics.median(report.raw_runs_per_s)
     report.tether_median = statistics.median(report.tether_runs_per_s)
@@ -163,6 +162,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.6,
         help="fail when median tether runs/s / median raw runs/s is below this (0.6)",
     )
+    parser.add_argument(
+        "--scratch",
+        type=Path,
+        default=None,
+        help="folder for the temporary run folders (default: the system temp folder)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.concurrency < 1 or args.repeats < 1:
@@ -182,12 +187,13 @@ def main(argv: list[str] | None = None) -> int:
         supervisor=os.environ.get("TETHER_SUPERVISOR", "auto"),
         supervisor_argv=[],
         min_ratio=args.min_ratio,
+        scratch=str(args.scratch or tempfile.gettempdir()),
     )
     print(
         f"local throughput: {args.runs} x {COMMAND}, {args.concurrency} in flight, "
-        f"{args.repeats} repeats, supervisor={report.supervisor}"
+        f"{args.repeats} repeats, supervisor={report.supervisor}, run folders in {report.scratch}"
     )
-    with tempfile.TemporaryDirectory(prefix="tether-bench-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="tether-bench-", dir=args.scratch) as scratch:
         asyncio.run(bench(report, Path(scratch)))
     print_table(report)
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -134,10 +135,8 @@ async def measure_wait(handles: list[RunHandle], prepare_seconds: float) -> Wait
     cpu1, wall1 = cpu_seconds(), time.perf_counter()
     sampler.sample()
     sampling.cancel()
-    try:
+    with contextlib.suppress(asyncio.CancelledError):
         await sampling
-    except asyncio.CancelledError:
-        pass
     return WaitFigures(
         runs=len(handles),
         cpu_ms=(cpu1 - cpu0) * 1000,
@@ -210,12 +209,12 @@ def reattached(runs_dir: Path, runs: int, seconds: float) -> WaitFigures:
     return WaitFigures(**json.loads(out.strip().splitlines()[-1]))
 
 
-async def child_wait(handles_dir: Path) -> WaitFigures:
+async def child_wait(paths: list[Path]) -> WaitFigures:
     """In the fresh process: load every saved handle, then measure waiting on them."""
     import tether
 
     started = time.perf_counter()
-    handles = [await tether.load_handle(path) for path in sorted(handles_dir.glob("*.json"))]
+    handles = [await tether.load_handle(path) for path in paths]
     return await measure_wait(handles, time.perf_counter() - started)
 
 
@@ -225,7 +224,7 @@ def child_main() -> int:
 
     print("ready", flush=True)
     handles_dir = Path(sys.stdin.readline().strip())
-    figures = asyncio.run(child_wait(handles_dir))
+    figures = asyncio.run(child_wait(sorted(handles_dir.glob("*.json"))))
     print(json.dumps(asdict(figures)), flush=True)
     return 0
 
@@ -243,6 +242,11 @@ def show(name: str, figures: WaitFigures, misses: list[str]) -> None:
         f"  max threads       {figures.max_threads_os:8d}     (bar: <= {MAX_THREADS}; "
         f"python threads {figures.max_threads_python}: {', '.join(figures.thread_names)})"
     )
+    if figures.finished_before_wait > figures.runs // 10:
+        print(
+            "  warning: many runs ended before the wait began (slow submits?): "
+            "the figures understate the cost; try a longer --sleep"
+        )
     print(f"  {'PASS' if not misses else 'FAIL: ' + '; '.join(misses)}")
 
 

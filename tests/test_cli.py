@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,15 +45,19 @@ class CLI:
         self.env = {**os.environ, "TETHER_HOME": str(self.home)}
         self.env.pop("TETHER_DEBUG", None)
 
-    def __call__(self, *args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [TETHER, *map(str, args)],
-            cwd=cwd or self.tmp,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+    def __call__(
+        self, *args: str | Path, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        argv = [TETHER, *map(str, args)]
+        # Files, not pipes: a local run's supervisor inherits tether's stdout and
+        # stderr and keeps pipes open until the run ends (see test_submit_returns_...).
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            proc = subprocess.run(
+                argv, cwd=cwd or self.tmp, env=self.env, stdout=out, stderr=err, timeout=60
+            )
+            out.seek(0)
+            err.seek(0)
+            return subprocess.CompletedProcess(argv, proc.returncode, out.read(), err.read())
 
     def write(self, name: str, text: str) -> Path:
         path = self.tmp / name
@@ -92,12 +98,46 @@ def test_run_hello_from_repo_root(cli: CLI) -> None:
     proc = cli("run", "examples/hello/job.yml", cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "hello from tether" in proc.stdout
+    assert "\r" not in proc.stderr  # not a terminal: plain lines only
     summary = proc.stderr.splitlines()[-1]
     assert "SUCCEEDED" in summary and "exit code 0" in summary
     [run_dir] = cli.run_dirs()
     assert run_dir.name in summary and str(run_dir) in summary
     greeting = run_dir / "greeting.txt"
     assert greeting.read_text().strip() in proc.stdout
+
+
+def test_run_on_a_terminal_rewrites_one_status_line(cli: CLI) -> None:
+    job = cli.write("slow.yml", "name: slow\ncommand: 'sleep 1.2; echo done'\n")
+    controller, terminal = pty.openpty()
+    try:
+        with subprocess.Popen(
+            [TETHER, "run", str(job)],
+            cwd=cli.tmp,
+            env=cli.env,
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+            text=True,
+        ) as proc:
+            os.close(terminal)
+            shown = b""
+            while True:
+                try:
+                    chunk = os.read(controller, 4096)
+                except OSError:  # EIO: every writer of the terminal has closed it
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+            out, _ = proc.communicate(timeout=30)
+    finally:
+        os.close(controller)
+    assert proc.returncode == 0 and out == "done\n"
+    text = shown.decode()
+    status, _, summary = text.rpartition("\r\x1b[K")  # the line is erased before the summary
+    assert status.startswith("\r") and "\n" not in status
+    assert status.count("RUNNING") >= 2  # redrawn in place while it waits
+    assert "SUCCEEDED" in summary and summary.count("\n") == 1
 
 
 def test_run_json_is_the_only_stdout(cli: CLI) -> None:
@@ -131,7 +171,8 @@ def test_unknown_command_ends_failed_with_reason(cli: CLI) -> None:
 
 def test_backend_config_file_beats_job_file_backend(cli: CLI) -> None:
     job = cli.write(
-        "job.yml", "name: pick\ncommand: 'echo local'\nbackend:\n  type: dummy\n  stdout: job-file\n"
+        "job.yml",
+        "name: pick\ncommand: 'echo local'\nbackend:\n  type: dummy\n  stdout: job-file\n",
     )
     proc = cli("run", job)
     assert (proc.returncode, proc.stdout) == (0, "job-file\n"), proc.stderr
@@ -146,7 +187,7 @@ def test_run_interrupted_cancels_the_run(cli: CLI) -> None:
         [TETHER, "run", str(job)],
         cwd=cli.tmp,
         env=cli.env,
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     ) as proc:
@@ -200,6 +241,20 @@ def test_handle_commands_flow(cli: CLI) -> None:
     assert proc.returncode == 0 and "CANCELLED" in proc.stdout
 
 
+def test_submit_returns_at_once_when_its_output_is_a_pipe(cli: CLI) -> None:
+    job = cli.write("short.yml", "name: short\ncommand: 'sleep 3'\n")
+    started = time.monotonic()
+    proc = subprocess.run(
+        [TETHER, "submit", str(job), "--handle", str(cli.tmp / "h.json")],
+        env=cli.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - started < 2.5
+
+
 def test_logs_follow_until_the_run_ends(cli: CLI) -> None:
     job = cli.write(
         "count.yml",
@@ -218,7 +273,7 @@ def test_logs_follow_until_the_run_ends(cli: CLI) -> None:
 def test_unsavable_handle_cancels_the_run(cli: CLI) -> None:
     job = cli.write("sleep.yml", SLEEP_JOB)
     line = _one_error_line(cli("submit", job, "--handle", cli.tmp / "no-dir" / "h.json"))
-    assert "Cannot save the handle" in line and "cancelled" in line
+    assert "Cannot save handle to" in line and "cancelled" in line
     [run_dir] = cli.run_dirs()
     assert json.loads((run_dir / "exit.json").read_text())["reason"] == "cancelled"
 
@@ -239,11 +294,14 @@ def test_unknown_field_is_named(cli: CLI) -> None:
 
 
 def test_multi_line_config_error_prefixes_every_line(cli: CLI) -> None:
-    job = cli.write("two.yml", "name: two\ncommand: 'true'\nbackend:\n  type: local\n  timeout: 5\n  x: 1\n")
+    job = cli.write(
+        "two.yml", "name: two\ncommand: 'true'\nbackend:\n  type: local\n  timeout: 5\n  x: 1\n"
+    )
     proc = cli("run", job)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = proc.stderr.splitlines()
-    assert len(lines) == 2 and all(line.startswith("tether: error: two.yml:") for line in lines)
+    assert len(lines) == 2
+    assert all(line.startswith("tether: error: ") and "two.yml:" in line for line in lines)
     assert "backend.timeout" in lines[0] and "backend.x" in lines[1]
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncGenerator, Generator
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -38,8 +38,10 @@ class RunHandle(ABC):
         job: Job,
         config: BackendConfig,
         state: RunState = RunState.PENDING,
+        run_dir: Path | None = None,
     ) -> None:
         self._run_id = run_id
+        self._run_dir = run_dir
         self._job = job
         self._config = config
         self._state = state
@@ -51,6 +53,11 @@ class RunHandle(ABC):
     def run_id(self) -> str:
         """The run's id, unique across backends and machines."""
         return self._run_id
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The run's folder (logs, outputs, records), if the backend keeps one."""
+        return self._run_dir
 
     @property
     def job(self) -> Job:
@@ -116,7 +123,7 @@ class RunHandle(ABC):
         """
 
     @abstractmethod
-    def logs(self, stream: Stream = "stdout", *, follow: bool = False) -> AsyncIterator[str]:
+    def logs(self, stream: Stream = "stdout", *, follow: bool = False) -> AsyncGenerator[str, None]:
         """Yield the run's output lines (without newlines).
 
         With ``follow=True`` keep yielding new lines while the run goes on and stop
@@ -181,7 +188,13 @@ class RunHandle(ABC):
     async def save(self, path: str | Path) -> Path:
         """Write the handle's record to ``path`` atomically (mode 0600); return the path."""
         target = Path(path)
-        write_record(target, self.to_record())
+        try:
+            write_record(target, self.to_record())
+        except OSError as exc:
+            raise RecordError(
+                f"Cannot save handle to '{target}': {exc.strerror or exc}; "
+                "choose a writable location."
+            ) from exc
         return target
 
     @classmethod
@@ -190,6 +203,7 @@ class RunHandle(ABC):
         from .registry import handle_from_record
 
         handle = handle_from_record(read_record(Path(path)), source=Path(path))
+        await handle.refresh()
         if not isinstance(handle, cls):
             raise RecordError(
                 f"Handle file '{path}' is a {handle.backend_type!r} run, not {cls.__name__}."

@@ -133,9 +133,11 @@ def handle_from_record(record: dict[str, Any], *, source: Path | None = None) ->
 async def load_handle(path: str | Path) -> RunHandle:
     """Rebuild the handle saved at ``path``, whichever backend made it.
 
-    The handle re-attaches lazily: ``refresh()`` or ``wait()`` asks the backend,
-    and a run that can no longer be found becomes LOST.
+    The handle is refreshed once, so its ``state`` is current; a run that can no
+    longer be found comes back LOST, not as an error.
     """
     from .records import read_record
 
-    return handle_from_record(read_record(Path(path)), source=Path(path))
+    handle = handle_from_record(read_record(Path(path)), source=Path(path))
+    await handle.refresh()
+    return handle

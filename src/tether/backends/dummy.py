@@ -13,7 +13,7 @@ from __future__ import annotations
 import builtins
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -118,9 +118,9 @@ class DummyRunHandle(RunHandle):
         submitted_at: float,
         timeout: float,
     ) -> None:
-        super().__init__(run_id=run_id, job=job, config=config)
+        super().__init__(run_id=run_id, job=job, config=config, run_dir=run_dir)
         self._dummy = config
-        self.run_dir = run_dir
+        self._dir = run_dir
         self._submitted = submitted_at
         self._timeout = timeout
 
@@ -136,13 +136,13 @@ class DummyRunHandle(RunHandle):
 
     def _cancelled_at(self) -> float | None:
         try:
-            data = json.loads((self.run_dir / "cancelled.json").read_text())
+            data = json.loads((self._dir / "cancelled.json").read_text())
             return float(data["at"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
     def _state_at(self, now: float) -> RunState:
-        if not self.run_dir.is_dir():
+        if not self._dir.is_dir():
             return RunState.LOST
         cancelled = self._cancelled_at()
         if cancelled is not None and cancelled < self._end:
@@ -172,7 +172,7 @@ class DummyRunHandle(RunHandle):
             return RunResult(run_id=self.run_id, state=state, error="the dummy run was lost")
         cancelled = self._cancelled_at()
         ended = cancelled if state is RunState.CANCELLED and cancelled is not None else self._end
-        stdout, stderr = self.run_dir / "stdout", self.run_dir / "stderr"
+        stdout, stderr = self._dir / "stdout", self._dir / "stderr"
         outputs: list[Path] = []
         if not stdout.exists():  # written once, atomically, by whoever observes the end
             for path, stream in ((stdout, "stdout"), (stderr, "stderr")):
@@ -183,7 +183,7 @@ class DummyRunHandle(RunHandle):
                 write_atomic(path, "".join(f"{line}\n" for line in visible).encode())
         if state is RunState.SUCCEEDED:
             for name, content in self._dummy.outputs.items():
-                target = self.run_dir / name
+                target = self._dir / name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if not target.exists():
                     write_atomic(target, content.encode(), mode=0o644)
@@ -237,10 +237,12 @@ class DummyRunHandle(RunHandle):
             if (await self.refresh()).is_terminal:
                 return
             if self._cancelled_at() is None:
-                write_json_atomic(self.run_dir / "cancelled.json", {"at": time.time()})
+                write_json_atomic(self._dir / "cancelled.json", {"at": time.time()})
             await self.refresh()
 
-    async def logs(self, stream: Stream = "stdout", *, follow: bool = False) -> AsyncIterator[str]:
+    async def logs(
+        self, stream: Stream = "stdout", *, follow: bool = False
+    ) -> AsyncGenerator[str, None]:
         """The configured lines that have appeared so far; ``follow`` waits for the rest."""
         if stream not in ("stdout", "stderr"):
             raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
@@ -259,7 +261,7 @@ class DummyRunHandle(RunHandle):
 
     def _record_data(self) -> dict[str, Any]:
         return {
-            "run_dir": str(self.run_dir),
+            "run_dir": str(self._dir),
             "submitted_at": self._submitted,
             "timeout": self._timeout,
         }

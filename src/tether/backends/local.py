@@ -18,7 +18,7 @@ import shlex
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -179,7 +179,7 @@ class LocalBackend(Backend[LocalConfig]):
                 supervisor[0],
                 args,
                 env,
-                file_actions=[(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0)],
+                file_actions=_spawn_files(config.capture_output),
                 setsid=True,
                 # Blocked until the supervisor's handlers are in place: a cancel sent
                 # right after submit is held, not fatal to the supervisor.
@@ -210,6 +210,18 @@ class LocalBackend(Backend[LocalConfig]):
         return handle
 
 
+def _spawn_files(capture: bool) -> list[tuple[Any, ...]]:
+    """stdin from /dev/null; with capture, stdout/stderr too, so the supervisor never
+    holds the submitter's pipes open (``$(tether submit …)`` returns at once)."""
+    actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0)]
+    if capture:
+        actions += [
+            (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
+            (os.POSIX_SPAWN_DUP2, 1, 2),
+        ]
+    return actions
+
+
 class LocalRunHandle(RunHandle):
     """Handle of one local run; works from any process on the same machine."""
 
@@ -230,9 +242,11 @@ class LocalRunHandle(RunHandle):
         timeout: float,
     ) -> None:
         # A local run starts RUNNING: the supervisor is up when submit returns.
-        super().__init__(run_id=run_id, job=job, config=config, state=RunState.RUNNING)
+        super().__init__(
+            run_id=run_id, job=job, config=config, state=RunState.RUNNING, run_dir=run_dir
+        )
         self._local = config
-        self.run_dir = run_dir
+        self._dir = run_dir
         self._cwd = cwd
         self._pid = pid
         self._ticks = ticks
@@ -249,7 +263,7 @@ class LocalRunHandle(RunHandle):
 
     def _read_exit(self) -> dict[str, Any] | None:
         try:
-            data = json.loads((self.run_dir / "exit.json").read_text())
+            data = json.loads((self._dir / "exit.json").read_text())
         except (FileNotFoundError, NotADirectoryError):
             return None
         except (OSError, ValueError):
@@ -267,8 +281,8 @@ class LocalRunHandle(RunHandle):
     def _result_from_exit(self, data: dict[str, Any]) -> RunResult:
         reason = data.get("reason")
         code = data.get("exit_code")
-        stdout = self.run_dir / "stdout" if self._local.capture_output else None
-        stderr = self.run_dir / "stderr" if self._local.capture_output else None
+        stdout = self._dir / "stdout" if self._local.capture_output else None
+        stderr = self._dir / "stderr" if self._local.capture_output else None
         error: str | None = None
         if reason == "timeout":
             state = RunState.TIMED_OUT
@@ -282,8 +296,8 @@ class LocalRunHandle(RunHandle):
             state = RunState.FAILED
             error = data.get("error") or self._failure_reason(code, stderr)
         outputs: list[Path] = []
-        if self._job.outputs and self.run_dir.is_dir():
-            outputs = collect_outputs(self._job.outputs, self._cwd, self.run_dir)
+        if self._job.outputs and self._dir.is_dir():
+            outputs = collect_outputs(self._job.outputs, self._cwd, self._dir)
         return RunResult(
             run_id=self.run_id,
             state=state,
@@ -322,8 +336,8 @@ class LocalRunHandle(RunHandle):
         data = self._read_exit()
         if data is not None:
             self._finish(self._result_from_exit(data))
-        elif not self.run_dir.is_dir():
-            self._finish(self._lost(f"run folder {self.run_dir} no longer exists"))
+        elif not self._dir.is_dir():
+            self._finish(self._lost(f"run folder {self._dir} no longer exists"))
         elif not self._alive():
             data = self._read_exit()  # it may have finished between the two looks
             if data is not None:
@@ -391,7 +405,7 @@ class LocalRunHandle(RunHandle):
     def _record_cancel(self) -> None:
         if self._read_exit() is None:
             write_json_atomic(
-                self.run_dir / "exit.json",
+                self._dir / "exit.json",
                 {
                     "reason": "cancelled",
                     "started": self._started_at,
@@ -403,14 +417,16 @@ class LocalRunHandle(RunHandle):
                 },
             )
 
-    async def logs(self, stream: Stream = "stdout", *, follow: bool = False) -> AsyncIterator[str]:
+    async def logs(
+        self, stream: Stream = "stdout", *, follow: bool = False
+    ) -> AsyncGenerator[str, None]:
         """Lines of the run's stdout or stderr file; ``follow`` streams until the end."""
         if stream not in ("stdout", "stderr"):
             raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
         if not self._local.capture_output:
             return
         async for line in tail_lines(
-            self.run_dir / stream, follow=follow, wait_more=lambda: self._wait_or_end(0.2)
+            self._dir / stream, follow=follow, wait_more=lambda: self._wait_or_end(0.2)
         ):
             yield line
 
@@ -418,7 +434,7 @@ class LocalRunHandle(RunHandle):
 
     def _record_data(self) -> dict[str, Any]:
         return {
-            "run_dir": str(self.run_dir),
+            "run_dir": str(self._dir),
             "cwd": str(self._cwd),
             "pid": self._pid,
             "start_ticks": self._ticks,

@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import anyio
 
 from ..backends.local import LocalConfig
 from ..config import BackendConfig
-from ..errors import ConfigError, WaitTimeout
-from ..handle import RunHandle
+from ..errors import ConfigError, RecordError, WaitTimeout
+from ..handle import RunHandle, Stream
 from ..job import Job
 from ..registry import load_config, load_handle, load_job
 from ..result import RunResult, RunState
 from ._render import (
     StatusDisplay,
     result_json,
-    run_folder,
     state_json,
     state_line,
     summary,
@@ -32,9 +30,9 @@ EXIT_USAGE = 2  # bad arguments, job, config or handle file (argparse uses 2 as 
 EXIT_WAIT_TIMEOUT = 3  # wait --timeout ran out; the run goes on
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it)
 
-#: Seconds between redraws of the status line and between asking the backend for
-#: news; the wait itself is event-driven, this only keeps the display current
-#: without polling a scheduler twice a second.
+#: Seconds between redraws of the status line, and between asking the backend for
+#: news: the wait itself is event-driven; this only keeps the display current,
+#: without querying a scheduler twice a second.
 REDRAW_EVERY = 0.5
 REFRESH_EVERY = 2.0
 
@@ -74,24 +72,22 @@ async def _submit(job: Job, config: BackendConfig, handle_path: Path | None) -> 
         # Nobody could find the run again to wait for it or end it: don't leave it going.
         with anyio.CancelScope(shield=True):
             await handle.cancel()
-        if isinstance(exc, OSError):
+        if isinstance(exc, RecordError):
             raise ConfigError(
-                f"Cannot save the handle to '{handle_path}' ({exc.strerror or exc}); "
-                f"run {handle.run_id} was cancelled: pass a writable --handle path."
+                f"{exc}; run {handle.run_id} was cancelled: pass a writable --handle path."
             ) from exc
         raise
     return handle
 
 
 async def _show_progress(handle: RunHandle, display: StatusDisplay) -> None:
-    last_refresh = time.monotonic()
     while True:
-        display.update(handle.state)
-        await anyio.sleep(REDRAW_EVERY)
-        if time.monotonic() - last_refresh >= REFRESH_EVERY:
-            # For news like PENDING -> RUNNING; the end itself comes through wait().
-            await handle.refresh()
-            last_refresh = time.monotonic()
+        # Refreshing brings news like PENDING -> RUNNING (and makes a reloaded
+        # handle's first line right); the end itself comes through wait().
+        await handle.refresh()
+        for _ in range(round(REFRESH_EVERY / REDRAW_EVERY)):
+            display.update(handle.state)
+            await anyio.sleep(REDRAW_EVERY)
 
 
 async def _watch(handle: RunHandle, timeout: float | None = None) -> RunResult:
@@ -134,7 +130,7 @@ async def run(args: argparse.Namespace) -> int:
         if output:
             sys.stdout.write(output if output.endswith("\n") else output + "\n")
             sys.stdout.flush()
-        _stderr(summary(result, run_folder(handle)))
+        _stderr(summary(result, handle.run_dir))
     return exit_code(result.state)
 
 
@@ -154,7 +150,7 @@ async def status(args: argparse.Namespace) -> int:
     if args.json:
         _stdout(result_json(result) if result else state_json(handle.run_id, state))
     else:
-        _stdout(summary(result, run_folder(handle)) if result else state_line(handle.run_id, state))
+        _stdout(summary(result, handle.run_dir) if result else state_line(handle.run_id, state))
     return exit_code(state)
 
 
@@ -172,7 +168,7 @@ async def wait(args: argparse.Namespace) -> int:
             f"(`tether cancel {args.handle}` ends it)"
         )
         raise
-    _stdout(result_json(result) if args.json else summary(result, run_folder(handle)))
+    _stdout(result_json(result) if args.json else summary(result, handle.run_dir))
     return exit_code(result.state)
 
 
@@ -181,14 +177,14 @@ async def cancel(args: argparse.Namespace) -> int:
     handle = await load_handle(args.handle)
     await handle.cancel()
     result = handle.last_result
-    _stdout(summary(result, run_folder(handle)) if result else state_line(handle.run_id, handle.state))
+    _stdout(summary(result, handle.run_dir) if result else state_line(handle.run_id, handle.state))
     return EXIT_OK
 
 
 async def logs(args: argparse.Namespace) -> int:
     """``tether logs``: print the run's stdout (or stderr) lines; ``-f`` follows them."""
     handle = await load_handle(args.handle)
-    stream = "stderr" if args.stderr else "stdout"
+    stream: Stream = "stderr" if args.stderr else "stdout"
     async for line in handle.logs(stream, follow=args.follow):
         sys.stdout.write(line + "\n")
         if args.follow:

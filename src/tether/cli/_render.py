@@ -7,23 +7,14 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from ..handle import RunHandle
 from ..result import RunResult, RunState
-
-
-def run_folder(handle: RunHandle) -> Path | None:
-    """The run's folder, for backends whose handles have one (local, dummy)."""
-    folder = getattr(handle, "run_dir", None)
-    return folder if isinstance(folder, Path) else None
 
 
 def summary(result: RunResult, folder: Path | None = None) -> str:
     """One line for a finished run: id, state, exit code, duration, reason, folder."""
     details = []
-    # Skip the exit code when the error already gives it ("exit code 127 (command…").
-    if result.exit_code is not None and f"exit code {result.exit_code}" not in (
-        result.error or ""
-    ):
+    # Skip the exit code when the error already gives it ("exit code 127 (command...").
+    if result.exit_code is not None and f"exit code {result.exit_code}" not in (result.error or ""):
         details.append(f"exit code {result.exit_code}")
     if result.duration is not None:
         details.append(f"{result.duration:.1f}s")
@@ -109,4 +100,3 @@ def write_lines(stream: TextIO, lines: list[str]) -> None:
     for line in lines:
         stream.write(line + "\n")
     stream.flush()
-

@@ -110,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = add("status", _commands.status, "print the current state of a saved run")
     sub.add_argument("handle", type=Path, metavar="HANDLE", help="saved handle file")
     sub.add_argument(
-        "--json", action="store_true", help="print JSON: the result once ended, else run_id and state"
+        "--json",
+        action="store_true",
+        help="print JSON: the result once ended, else run_id and state",
     )
 
     sub = add("wait", _commands.wait, "wait for a saved run to end and print its result")
