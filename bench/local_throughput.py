@@ -166,7 +166,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--scratch",
         type=Path,
         default=None,
-        help="folder for the temporary run folders (default: the system temp folder)",
+        help="folder for the temporary run folders (default: beside tether's default "
+        "runs folder, i.e. where users' runs go)",
     )
     parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
     args = parser.parse_args(argv)
@@ -180,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.supervisor is not None:
         os.environ["TETHER_SUPERVISOR"] = args.supervisor  # before tether is imported
+    if args.scratch is None:
+        from tether._files import state_home  # where LocalConfig() puts run folders
+
+        args.scratch = state_home()
+        args.scratch.mkdir(parents=True, exist_ok=True)
     report = Report(
         runs=args.runs,
         concurrency=args.concurrency,
@@ -187,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         supervisor=os.environ.get("TETHER_SUPERVISOR", "auto"),
         supervisor_argv=[],
         min_ratio=args.min_ratio,
-        scratch=str(args.scratch or tempfile.gettempdir()),
+        scratch=str(args.scratch),
     )
     print(
         f"local throughput: {args.runs} x {COMMAND}, {args.concurrency} in flight, "

@@ -279,7 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     supervisor = os.environ.get("TETHER_SUPERVISOR", "auto")
     print(f"wait overhead: {args.runs} x sleep {args.sleep:g}, supervisor={supervisor}\n")
 
-    scratch = Path(tempfile.mkdtemp(prefix="tether-bench-"))
+    from tether._files import state_home  # where LocalConfig() puts run folders
+
+    state_home().mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="tether-bench-", dir=state_home()))
     try:
         local = asyncio.run(in_process(scratch / "runs-1", args.runs, args.sleep))
         loaded = reattached(scratch / "runs-2", args.runs, args.sleep)

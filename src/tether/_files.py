@@ -33,8 +33,8 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o600, sync: bool = Fal
 
 
 def write_json_atomic(path: Path, obj: Any, *, sync: bool = False) -> None:
-    """Atomically write ``obj`` as indented JSON, readable by the owner only."""
-    write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode(), sync=sync)
+    """Atomically write ``obj`` as JSON, readable by the owner only."""
+    write_atomic(path, (json.dumps(obj) + "\n").encode(), sync=sync)
 
 
 def state_home() -> Path:

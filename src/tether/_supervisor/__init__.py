@@ -45,7 +45,8 @@ def native_supervisor() -> list[str]:
         BackendUnavailableError: no C compiler, or the build failed.
     """
     source = _source()
-    digest = hashlib.sha256(source + platform.machine().encode()).hexdigest()[:16]
+    recipe = source + platform.machine().encode() + b"|O2,static-first"
+    digest = hashlib.sha256(recipe).hexdigest()[:16]
     target = cache_home() / "bin" / f"tether-supervise-{digest}"
     if os.access(target, os.X_OK):
         return [str(target)]
@@ -60,18 +61,22 @@ def native_supervisor() -> list[str]:
         src = Path(tmp) / "supervise.c"
         src.write_bytes(source)
         binary = Path(tmp) / "tether-supervise"
-        try:
-            proc = subprocess.run(
-                [compiler, "-O2", "-o", str(binary), str(src)],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-        except OSError as exc:
-            raise BackendUnavailableError(
-                f"Cannot run the C compiler {compiler!r} ({exc.strerror}): install one "
-                "or set TETHER_SUPERVISOR=python."
-            ) from exc
+        # Static when the C library allows it: it starts in half the time.
+        for flags in (["-O2", "-static"], ["-O2"]):
+            try:
+                proc = subprocess.run(
+                    [compiler, *flags, "-o", str(binary), str(src)],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+            except OSError as exc:
+                raise BackendUnavailableError(
+                    f"Cannot run the C compiler {compiler!r} ({exc.strerror}): install one "
+                    "or set TETHER_SUPERVISOR=python."
+                ) from exc
+            if proc.returncode == 0:
+                break
         if proc.returncode != 0:
             detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise BackendUnavailableError(

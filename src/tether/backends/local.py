@@ -346,27 +346,36 @@ class LocalRunHandle(RunHandle):
                 self._finish(self._lost("the run's supervisor ended without recording a status"))
         return self._state
 
+    def _open_pidfd(self) -> int | None:
+        if self._pid in _children:
+            # Our own unreaped child: its pid cannot have been reused, skip /proc.
+            with contextlib.suppress(ProcessLookupError):
+                return os.pidfd_open(self._pid)
+            return None
+        if self._boot_id and self._boot_id != _boot_id():
+            return None
+        return _proc.open_pidfd(self._pid, self._ticks)
+
     async def _wait_done(self) -> RunResult:
-        while True:
-            if (await self.refresh()).is_terminal:
-                assert self._result is not None
-                return self._result
-            fd = _proc.open_pidfd(self._pid, self._ticks)
-            if fd is None:
-                continue  # gone already: the next refresh settles it
-            try:
-                await _proc.wait_pidfd(fd)
-            finally:
-                os.close(fd)
-            if self._pid in _children:
-                _proc.reap(self._pid)
-                _children.discard(self._pid)
+        while self._result is None:
+            fd = self._open_pidfd()
+            if fd is not None:
+                try:
+                    await _proc.wait_pidfd(fd)
+                finally:
+                    os.close(fd)
+                if self._pid in _children:
+                    _proc.reap(self._pid)
+                    _children.discard(self._pid)
+            # The supervisor is gone: exit.json says how the run ended, or it is LOST.
+            await self.refresh()
+        return self._result
 
     async def _wait_or_end(self, seconds: float) -> bool:
         """Sleep up to ``seconds``, waking early if the run ends; True once it has."""
         if (await self.refresh()).is_terminal:
             return True
-        fd = _proc.open_pidfd(self._pid, self._ticks)
+        fd = self._open_pidfd()
         if fd is not None:
             try:
                 with anyio.move_on_after(seconds):
@@ -382,7 +391,7 @@ class LocalRunHandle(RunHandle):
         with anyio.CancelScope(shield=True):
             if (await self.refresh()).is_terminal:
                 return
-            fd = _proc.open_pidfd(self._pid, self._ticks)
+            fd = self._open_pidfd()
             if fd is not None:
                 try:
                     signal.pidfd_send_signal(fd, signal.SIGTERM)
