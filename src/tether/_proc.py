@@ -9,31 +9,36 @@ from collections.abc import Iterator
 
 import anyio
 
+# Indexes into _stat() fields (proc(5) numbering minus 3: fields 1-2 are cut off).
+_STATE, _SESSION, _START = 0, 3, 19
 
-def start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot, or None if it is gone.
 
-    Together with the pid this identifies a process across pid reuse.
-    """
+def _stat(pid: int) -> list[bytes] | None:
+    """/proc/PID/stat from field 3 (state) on, or None if the process is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             stat = handle.read()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     # Field 2 (comm) may hold spaces and parentheses: split after its last ')'.
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    return int(fields[19])
+    return stat[stat.rindex(b")") + 2 :].split()
+
+
+def start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, or None if it is gone.
+
+    Together with the pid this identifies a process across pid reuse.
+    """
+    fields = _stat(pid)
+    return None if fields is None else int(fields[_START])
 
 
 def is_running(pid: int, ticks: int | None) -> bool:
     """True if ``pid`` is alive (not a zombie) and, given ``ticks``, the same process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+    fields = _stat(pid)
+    if fields is None or fields[_STATE] == b"Z":
         return False
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    return fields[0] != b"Z" and (ticks is None or int(fields[19]) == ticks)
+    return ticks is None or int(fields[_START]) == ticks
 
 
 def open_pidfd(pid: int, ticks: int | None) -> int | None:
@@ -68,13 +73,8 @@ def session_members(sid: int) -> Iterator[int]:
         pid = int(entry.name)
         if pid == sid:
             continue
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as handle:
-                stat = handle.read()
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-        fields = stat[stat.rindex(b")") + 2 :].split()
-        if int(fields[3]) == sid and fields[0] != b"Z":
+        fields = _stat(pid)
+        if fields is not None and int(fields[_SESSION]) == sid and fields[_STATE] != b"Z":
             yield pid
 
 

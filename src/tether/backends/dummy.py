@@ -86,7 +86,9 @@ class DummyBackend(Backend[DummyConfig]):
     async def submit(self, job: Job) -> DummyRunHandle:
         """Create the run folder and start the simulated clock."""
         run_id = new_run_id(job.name)
-        run_dir = make_run_dir((self.config.runs_dir or default_runs_dir()).expanduser(), run_id)
+        run_dir = make_run_dir(
+            (self.config.runs_dir or default_runs_dir()).expanduser().absolute(), run_id
+        )
         stage_inputs(job.inputs, run_dir)
         timeout = float(self.config.timeout)
         if job.resources.walltime is not None:

@@ -154,7 +154,9 @@ class LocalBackend(Backend[LocalConfig]):
             supervisor = await anyio.to_thread.run_sync(supervisor_argv)
         _reap_finished()
         run_id = new_run_id(job.name)
-        run_dir = make_run_dir((config.runs_dir or default_runs_dir()).expanduser(), run_id)
+        run_dir = make_run_dir(
+            (config.runs_dir or default_runs_dir()).expanduser().absolute(), run_id
+        )
         cwd = (job.workdir or config.working_dir or run_dir).expanduser().absolute()
         try:
             stage_inputs(job.inputs, run_dir)
@@ -356,6 +358,12 @@ class LocalRunHandle(RunHandle):
             return None
         return _proc.open_pidfd(self._pid, self._ticks)
 
+    def _reap(self) -> None:
+        """Collect our exited supervisor, so that no zombie is left behind."""
+        if self._pid in _children:
+            _proc.reap(self._pid)
+            _children.discard(self._pid)
+
     async def _wait_done(self) -> RunResult:
         while self._result is None:
             fd = self._open_pidfd()
@@ -364,9 +372,7 @@ class LocalRunHandle(RunHandle):
                     await _proc.wait_pidfd(fd)
                 finally:
                     os.close(fd)
-                if self._pid in _children:
-                    _proc.reap(self._pid)
-                    _children.discard(self._pid)
+                self._reap()
             # The supervisor is gone: exit.json says how the run ended, or it is LOST.
             await self.refresh()
         return self._result
@@ -406,9 +412,7 @@ class LocalRunHandle(RunHandle):
                     _proc.kill_session(self._pid, signal.SIGKILL)
                 finally:
                     os.close(fd)
-                if self._pid in _children:
-                    _proc.reap(self._pid)
-                    _children.discard(self._pid)
+                self._reap()
             await self.refresh()
 
     def _record_cancel(self) -> None:
