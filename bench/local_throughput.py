@@ -58,6 +58,7 @@ class Report:
     raw_median: float = 0.0
     tether_median: float = 0.0
     ratio: float = 0.0
+    fs_folders_per_s: float = 0.0
     passed: bool = False
     python: str = platform.python_version()
     machine: str = f"{platform.system()} {platform.release()} {platform.machine()}"
@@ -103,11 +104,31 @@ def make_tether_once(runs_dir: Path) -> Callable[[], Awaitable[None]]:
     return once
 
 
+def folders_per_second(scratch: Path, count: int = 200) -> float:
+    """How fast this filesystem creates run-folder-like trees (a folder + 4 files).
+
+    Printed as context: tether's runs create files, raw subprocesses do not, so a
+    filesystem in a slow state (ext4 without a journal just after mass deletion)
+    lowers the ratio without anything in tether changing.
+    """
+    probe = scratch / "fs-probe"
+    probe.mkdir()
+    began = time.perf_counter()
+    for i in range(count):
+        folder = probe / str(i)
+        folder.mkdir()
+        for name in ("handle.json", "stdout", "stderr", "exit.json"):
+            (folder / name).touch()
+    return count / (time.perf_counter() - began)
+
+
 async def bench(report: Report, scratch: Path) -> None:
     """Warm up, then time interleaved (raw, tether) pairs into ``report``."""
     # Run folders are only deleted at the end, with ``scratch``: on ext4 without a
     # journal, creating files just after deleting many is slow (the inode allocator
     # skips recently deleted inodes), which would skew every repeat after the first.
+    report.fs_folders_per_s = folders_per_second(scratch)
+    print(f"  filesystem: {report.fs_folders_per_s:,.0f} run-folder trees/s in {scratch}")
     warmup = max(report.concurrency * 4, 20)
     await run_pool(warmup, report.concurrency, raw_once)
     await run_pool(warmup, report.concurrency, make_tether_once(scratch / "warmup"))
