@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,15 +48,9 @@ class CLI:
         self, *args: str | Path, cwd: Path | None = None
     ) -> subprocess.CompletedProcess[str]:
         argv = [TETHER, *map(str, args)]
-        # Files, not pipes: a local run's supervisor inherits tether's stdout and
-        # stderr and keeps pipes open until the run ends (see test_submit_returns_...).
-        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-            proc = subprocess.run(
-                argv, cwd=cwd or self.tmp, env=self.env, stdout=out, stderr=err, timeout=60
-            )
-            out.seek(0)
-            err.seek(0)
-            return subprocess.CompletedProcess(argv, proc.returncode, out.read(), err.read())
+        return subprocess.run(
+            argv, cwd=cwd or self.tmp, env=self.env, capture_output=True, text=True, timeout=60
+        )
 
     def write(self, name: str, text: str) -> Path:
         path = self.tmp / name

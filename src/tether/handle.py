@@ -23,9 +23,12 @@ class RunHandle(ABC):
     """The handle of one run: await it, poll it, cancel it, read its logs, save it.
 
     A handle holds the last state it observed (``state``); the async methods ask the
-    backend for news. Saving writes a versioned JSON record; ``load_handle`` (or
-    ``cls.load``) rebuilds an equivalent handle in any process, without the backend
-    object that made it, to re-attach to the same run.
+    backend for news. Several tasks of one event loop may use a handle at once
+    (one waits while another refreshes or cancels).
+
+    Saving writes a versioned JSON record; ``load_handle`` (or ``cls.load``) rebuilds
+    an equivalent handle in any process, without the backend object that made it,
+    to re-attach to the same run.
     """
 
     #: Registry name of the backend whose runs this class handles.

@@ -208,7 +208,11 @@ class LocalBackend(Backend[LocalConfig]):
         )
         # A copy of the handle in the run folder: runs can be found and re-attached
         # from the folder alone (``tether ls``), even if the caller never saves one.
-        write_record(run_dir / "handle.json", handle.to_record(), sync=False)
+        try:
+            write_record(run_dir / "handle.json", handle.to_record(), sync=False)
+        except OSError as exc:
+            await handle.cancel()  # a run nobody could find again must not go on
+            raise SubmitError(f"Cannot write the run record in '{run_dir}': {exc}") from exc
         return handle
 
 
