@@ -12,7 +12,7 @@ import anyio
 from .config import BackendConfig
 from .errors import InvalidTransitionError, RecordError, RunFailedError, WaitTimeout
 from .job import Job
-from .records import read_record, write_record
+from .records import write_record
 from .result import RunResult, RunState
 
 Stream = Literal["stdout", "stderr"]
@@ -203,10 +203,9 @@ class RunHandle(ABC):
     @classmethod
     async def load(cls: type[H], path: str | Path) -> H:
         """Load a saved handle; the record must belong to this class's backend."""
-        from .registry import handle_from_record
+        from .registry import load_handle
 
-        handle = handle_from_record(read_record(Path(path)), source=Path(path))
-        await handle.refresh()
+        handle = await load_handle(path)
         if not isinstance(handle, cls):
             raise RecordError(
                 f"Handle file '{path}' is a {handle.backend_type!r} run, not {cls.__name__}."

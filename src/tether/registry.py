@@ -45,11 +45,6 @@ def backend_configs() -> dict[str, type[BackendConfig]]:
     return dict(_discover()[0])
 
 
-def broken_backends() -> dict[str, str]:
-    """Registered backends that failed to import: name → error."""
-    return dict(_discover()[1])
-
-
 def config_class(name: str) -> type[BackendConfig]:
     """The config class registered under ``name``."""
     configs, broken = _discover()
