@@ -40,6 +40,11 @@ def _discover() -> tuple[dict[str, type[BackendConfig]], dict[str, str]]:
     return found, broken
 
 
+def reload_plugins() -> None:
+    """Forget discovered plugins, so ones installed since are found (tests, notebooks)."""
+    _discover.cache_clear()
+
+
 def backend_configs() -> dict[str, type[BackendConfig]]:
     """Every importable backend: registry name → config class."""
     return dict(_discover()[0])
