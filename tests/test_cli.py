@@ -100,7 +100,7 @@ def test_run_hello_from_repo_root(cli: CLI) -> None:
     assert greeting.read_text().strip() in proc.stdout
 
 
-def test_run_on_a_terminal_rewrites_one_status_line(cli: CLI) -> None:
+def test_run_on_a_terminal_shows_a_live_status_line(cli: CLI) -> None:
     job = cli.write("slow.yml", "name: slow\ncommand: 'sleep 1.2; echo done'\n")
     controller, terminal = pty.openpty()
     try:
@@ -127,9 +127,10 @@ def test_run_on_a_terminal_rewrites_one_status_line(cli: CLI) -> None:
         os.close(controller)
     assert proc.returncode == 0 and out == "done\n"
     text = shown.decode()
-    status, _, summary = text.rpartition("\r\x1b[K")  # the line is erased before the summary
-    assert status.startswith("\r") and "\n" not in status
-    assert status.count("RUNNING") >= 2  # redrawn in place while it waits
+    # rich draws a spinner line, redraws it in place, then erases it before the summary.
+    live, _, summary = text.rpartition("\x1b[2K")
+    assert live.count("RUNNING") >= 2 and live.count("\r\x1b[2K") >= 2
+    assert "\x1b[?25h" in live  # the cursor is shown again
     assert "SUCCEEDED" in summary and summary.count("\n") == 1
 
 

@@ -8,10 +8,12 @@ the same run. See ``docs/`` for the guide.
 from __future__ import annotations
 
 from .api import run, run_sync
-from .backend import Availability, Backend
+from .backend import Backend
 from .backends.dummy import DummyBackend, DummyConfig, DummyRunHandle
 from .backends.local import LocalBackend, LocalConfig, LocalRunHandle
+from .capabilities import Availability
 from .config import BackendConfig
+from .discovery import BackendInfo, Recommendation, list_backends, recommended_backend
 from .errors import (
     BackendUnavailableError,
     ConfigError,
@@ -35,6 +37,7 @@ __all__ = [
     "Availability",
     "Backend",
     "BackendConfig",
+    "BackendInfo",
     "BackendUnavailableError",
     "ConfigError",
     "DummyBackend",
@@ -45,6 +48,7 @@ __all__ = [
     "LocalBackend",
     "LocalConfig",
     "LocalRunHandle",
+    "Recommendation",
     "RecordError",
     "RecordVersionError",
     "Resources",
@@ -58,9 +62,11 @@ __all__ = [
     "WaitTimeout",
     "__version__",
     "backend_configs",
+    "list_backends",
     "load_config",
     "load_handle",
     "load_job",
+    "recommended_backend",
     "run",
     "run_sync",
 ]

@@ -78,7 +78,7 @@ def format_validation(
         # pydantic adds union branch names ("str", "list[str]") to locs: drop them
         # for the line lookup, keep the field path readable.
         field = ".".join(str(part) for part in loc) or "(top level)"
-        line = _find_line(lines, loc)
+        line = find_line(lines, loc)
         where = f"{source}:{line}" if source and line else (str(source) if source else "")
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
@@ -87,7 +87,8 @@ def format_validation(
     return "\n".join(out)
 
 
-def _find_line(lines: dict[Loc, int], loc: Loc) -> int | None:
+def find_line(lines: dict[Loc, int], loc: Loc) -> int | None:
+    """The line of ``loc``, or of its nearest parent that has one."""
     while loc:
         if loc in lines:
             return lines[loc]

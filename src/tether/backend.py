@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import ClassVar, Generic, TypeVar
 
+import anyio.to_thread
+
+from .capabilities import Availability
 from .config import BackendConfig
 from .handle import RunHandle
 from .job import Job
 
 C = TypeVar("C", bound=BackendConfig)
-
-
-@dataclass(frozen=True)
-class Availability:
-    """Whether a backend can be used on this machine, and if not, why."""
-
-    usable: bool
-    reason: str = ""
-
-    def __bool__(self) -> bool:
-        return self.usable
 
 
 class Backend(ABC, Generic[C]):
@@ -51,6 +42,10 @@ class Backend(ABC, Generic[C]):
         FAILED with the reason in ``RunResult.error``.
         """
 
-    @abstractmethod
     async def check(self) -> Availability:
-        """Tell whether this backend is usable here and, if not, why not."""
+        """Tell whether this backend is usable here and, if not, why not.
+
+        The default asks the config class (:meth:`BackendConfig.availability`) in a
+        worker thread; backends whose settings matter (an address, a socket) override it.
+        """
+        return await anyio.to_thread.run_sync(type(self._config).availability)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
+from .capabilities import Availability
 from .job import public_env, reveal, secret_keys
 
 if TYPE_CHECKING:
@@ -46,9 +47,23 @@ class BackendConfig(BaseModel):
     working_dir: Path | None = Field(
         None,
         description="Folder runs execute in when the job names none; must exist.",
+        examples=["/tmp"],
     )
 
+    #: What the backend can do; the names are explained in ``tether.capabilities``.
     capabilities: ClassVar[frozenset[str]] = frozenset()
+    #: Rank among usable backends that fit a job in ``recommended_backend``; lower wins.
+    preference: ClassVar[int] = 50
+
+    @classmethod
+    def availability(cls) -> Availability:
+        """Whether this kind of backend can be used on this machine, and if not, why.
+
+        Checks what needs no settings (an installed extra, a tool on PATH, a service
+        at its default address) and is quick; it may block briefly, so async code
+        calls ``await backend.check()`` instead, which runs it in a thread.
+        """
+        return Availability(True)
 
     @field_validator("env_vars")
     @classmethod

@@ -28,13 +28,34 @@ def parse_walltime(value: Any) -> float | None:
     raise ValueError(f"walltime {value!r} is not seconds or 'HH:MM:SS'")
 
 
+_MEMORY = re.compile(r"^(\d+)\s*([kmgt]?)b?$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_memory(value: str | int) -> int:
+    """Bytes from "512m", "2g", "1024" (bytes) and the like, as Docker reads them.
+
+    Raises:
+        ValueError: for anything else, with the accepted forms in the message.
+    """
+    match = _MEMORY.match(str(value).strip())
+    if match is None or isinstance(value, bool):
+        raise ValueError(
+            f"memory {value!r} is not a size: use a number of bytes or a number with "
+            "k, m, g or t (e.g. '512m', '2g')"
+        )
+    return int(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
 class Resources(BaseModel):
     """What a run needs; each backend honours what it can and ignores the rest."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     cpus: int | None = Field(None, ge=1, description="CPU cores.")
-    memory: str | None = Field(None, description='Memory, e.g. "512m" or "2g".')
+    memory: str | None = Field(
+        None, description='Memory: bytes, or a number with k, m, g or t ("512m", "2g").'
+    )
     gpus: int | None = Field(None, ge=0, description="GPUs.")
     walltime: float | None = Field(
         None,
@@ -43,6 +64,14 @@ class Resources(BaseModel):
         "backend timeout when both are set.",
     )
     extras: dict[str, Any] = Field(default_factory=dict, description="Backend-specific extras.")
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory(cls, value: Any) -> str | None:
+        if value is None:
+            return None
+        parse_memory(value)
+        return str(value).strip()
 
     @field_validator("walltime", mode="before")
     @classmethod

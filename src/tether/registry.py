@@ -1,63 +1,56 @@
-"""Discovery of backends through the ``tether.backends`` entry-point group.
-
-Built-in backends are registered in tether's own ``pyproject.toml`` and found the
-same way as third-party ones. A plugin that fails to import is remembered with
-its error and does not hide the others.
+"""Backends by name: config classes from the ``tether.backends`` entry points,
+config and job files read into them, and saved handles rebuilt through them.
 """
 
 from __future__ import annotations
 
-import functools
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from ._loading import format_validation, read_mapping
+from . import _plugins
+from ._interpolate import UnresolvedReference, resolve
+from ._loading import Loc, find_line, format_validation, read_mapping
 from .config import BackendConfig
 from .errors import ConfigError, RecordError, UnknownBackendError
 from .handle import RunHandle
 from .job import Job
 
-GROUP = "tether.backends"
+
+def _not_a_config(obj: object) -> str | None:
+    if isinstance(obj, type) and issubclass(obj, BackendConfig):
+        return None
+    return "is not a BackendConfig subclass"
 
 
-@functools.cache
-def _discover() -> tuple[dict[str, type[BackendConfig]], dict[str, str]]:
-    found: dict[str, type[BackendConfig]] = {}
-    broken: dict[str, str] = {}
-    for ep in entry_points(group=GROUP):
-        try:
-            cls = ep.load()
-        except Exception as exc:  # a broken plugin must not break the others
-            broken[ep.name] = f"{type(exc).__name__}: {exc}"
-            continue
-        if not (isinstance(cls, type) and issubclass(cls, BackendConfig)):
-            broken[ep.name] = f"{ep.value} is not a BackendConfig subclass"
-            continue
-        found.setdefault(ep.name, cls)
-    return found, broken
+_plugins.register_check(_plugins.BACKENDS, _not_a_config)
 
 
 def reload_plugins() -> None:
     """Forget discovered plugins, so ones installed since are found (tests, notebooks)."""
-    _discover.cache_clear()
+    _plugins.reload()
 
 
 def backend_configs() -> dict[str, type[BackendConfig]]:
     """Every importable backend: registry name → config class."""
-    return dict(_discover()[0])
+    return dict(_plugins.discover(_plugins.BACKENDS).found)
+
+
+def broken_backends() -> dict[str, str]:
+    """Backends whose plugin failed to load: name → reason."""
+    return dict(_plugins.discover(_plugins.BACKENDS).broken)
 
 
 def config_class(name: str) -> type[BackendConfig]:
     """The config class registered under ``name``."""
-    configs, broken = _discover()
-    if name in configs:
-        return configs[name]
-    if name in broken:
-        raise UnknownBackendError(f"Backend {name!r} failed to load: {broken[name]}")
-    known = ", ".join(sorted(configs)) or "none (is tether installed? pip install -e .)"
+    plugins = _plugins.discover(_plugins.BACKENDS)
+    if name in plugins.found:
+        cls: type[BackendConfig] = plugins.found[name]
+        return cls
+    if name in plugins.broken:
+        raise UnknownBackendError(f"Backend {name!r} failed to load: {plugins.broken[name]}")
+    known = ", ".join(sorted(plugins.found)) or "none (is tether installed? pip install -e .)"
     raise UnknownBackendError(f"Unknown backend type {name!r}; known types: {known}.")
 
 
@@ -77,17 +70,58 @@ def config_from_dict(
         raise ConfigError(format_validation(exc, source, lines or {})) from None
 
 
-def load_config(path: str | Path) -> BackendConfig:
-    """Read a YAML or JSON backend config file into the config class its ``type`` names."""
+def _resolved(
+    data: dict[str, Any], path: Path, lines: dict[Loc, int], secret_maps: tuple[Loc, ...]
+) -> dict[str, Any]:
+    """``data`` with its ``${VAR}`` references resolved; errors name file, line and field."""
+    try:
+        resolved: dict[str, Any] = resolve(data, secret_maps=secret_maps)
+    except UnresolvedReference as exc:
+        field = ".".join(str(part) for part in exc.loc) or "(top level)"
+        line = find_line(lines, exc.loc)
+        where = f"{path}:{line}" if line else str(path)
+        raise ConfigError(f"{where}: {field}: {exc}") from None
+    return resolved
+
+
+def load_config(path: str | Path, *, backend_type: str | None = None) -> BackendConfig:
+    """Read a YAML or JSON backend config file into the config class its ``type`` names.
+
+    ``${VAR}`` and ``${VAR:-default}`` references are resolved from the environment
+    now; ``env_vars`` values that use one are secrets (see ``tether._interpolate``).
+
+    Args:
+        path: the file (``.json`` is read as JSON, anything else as YAML).
+        backend_type: the type the file must have; it also stands in for a
+            missing ``type`` field (as in ``rompy backends validate --backend-type``).
+    """
     path = Path(path)
     data, lines = read_mapping(path, "Backend config")
+    if backend_type is not None:
+        given = data.get("type")
+        if given is None:
+            config_class(backend_type)  # an unknown type fails here, naming the known ones
+            data["type"] = backend_type
+        elif given != backend_type:
+            line = lines.get(("type",))
+            where = f"{path}:{line}" if line else str(path)
+            raise ConfigError(
+                f"{where}: type: the file is a {given!r} config, not {backend_type!r}: "
+                "fix the type field or the --backend-type option"
+            )
+    data = _resolved(data, path, lines, (("env_vars",),))
     return config_from_dict(data, source=path, lines=lines)
 
 
 def load_job(path: str | Path) -> tuple[Job, BackendConfig | None]:
-    """Read a job file; an optional ``backend:`` mapping in it gives its config."""
+    """Read a job file; an optional ``backend:`` mapping in it gives its config.
+
+    References are resolved as in :func:`load_config`; ``env`` values that use one
+    are secrets.
+    """
     path = Path(path)
     data, lines = read_mapping(path, "Job")
+    data = _resolved(data, path, lines, (("env",), ("backend", "env_vars")))
     backend = data.pop("backend", None)
     config = None
     if backend is not None:

@@ -19,41 +19,71 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import anyio
-from pydantic import Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from .._files import default_runs_dir, write_atomic, write_json_atomic
 from .._runs import make_run_dir, new_run_id, stage_inputs
-from ..backend import Availability, Backend
+from ..backend import Backend
 from ..config import BackendConfig
 from ..handle import RunHandle, Stream
 from ..job import Job
 from ..records import write_record
 from ..result import RunResult, RunState
 
-_CAPABILITIES = frozenset({"detached", "reattach", "cancel", "logs_follow", "commands", "timeout"})
+_CAPABILITIES = frozenset(
+    {"detached", "reattach", "cancel", "logs_follow", "commands", "timeout", "simulated"}
+)
 
 
 class DummyConfig(BackendConfig):
     """Simulated runs with a fixed queue time, duration, outcome and output."""
 
-    type: Literal["dummy"] = "dummy"
-    queue_time: float = Field(0.0, ge=0, description="Seconds a run stays PENDING.")
-    duration: float = Field(0.0, ge=0, description="Seconds a run stays RUNNING.")
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "dummy",
+                    "duration": 2.0,
+                    "stdout": "step 1\nstep 2\n",
+                    "outputs": {"result.txt": "42\n"},
+                },
+                {"type": "dummy", "queue_time": 1.0, "outcome": "failed", "exit_code": 3},
+            ]
+        }
+    )
+
+    type: Literal["dummy"] = Field("dummy", description="Selects this backend in config files.")
+    queue_time: float = Field(0.0, ge=0, description="Seconds a run stays PENDING.", examples=[0.5])
+    duration: float = Field(0.0, ge=0, description="Seconds a run stays RUNNING.", examples=[2.0])
     outcome: Literal["succeeded", "failed", "lost"] = Field(
-        "succeeded", description="How a run ends when it is neither cancelled nor timed out."
+        "succeeded",
+        description="How a run ends when it is neither cancelled nor timed out.",
+        examples=["failed"],
     )
     exit_code: int | None = Field(
-        None, description="Exit code reported; default 0 when succeeded, 1 when failed."
+        None,
+        description="Exit code reported; default 0 when succeeded, 1 when failed.",
+        examples=[3],
     )
-    stdout: str = Field("", description="Text the run writes to stdout, line by line over time.")
-    stderr: str = Field("", description="Text the run writes to stderr.")
+    stdout: str = Field(
+        "",
+        description="Text the run writes to stdout, line by line over time.",
+        examples=["step 1\nstep 2\n"],
+    )
+    stderr: str = Field(
+        "", description="Text the run writes to stderr.", examples=["warning: coarse grid\n"]
+    )
     outputs: dict[str, str] = Field(
         default_factory=dict,
         description="Output files (relative path → content) written into the run folder.",
+        examples=[{"result.txt": "42\n"}],
     )
-    runs_dir: Path | None = Field(None, description="Folder for run folders (as LocalConfig).")
+    runs_dir: Path | None = Field(
+        None, description="Folder for run folders (as LocalConfig).", examples=["~/tether-runs"]
+    )
 
     capabilities: ClassVar[frozenset[str]] = _CAPABILITIES
+    preference: ClassVar[int] = 1000  # simulated runs are never recommended
 
     @field_validator("outputs")
     @classmethod
@@ -78,10 +108,6 @@ class DummyBackend(Backend[DummyConfig]):
     """Makes simulated runs; always usable."""
 
     capabilities: ClassVar[frozenset[str]] = _CAPABILITIES
-
-    async def check(self) -> Availability:
-        """The dummy backend needs nothing."""
-        return Availability(True)
 
     async def submit(self, job: Job) -> DummyRunHandle:
         """Create the run folder and start the simulated clock."""

@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import anyio
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from .. import _proc
 from .._files import default_runs_dir, write_json_atomic
 from .._runs import collect_outputs, last_line, make_run_dir, new_run_id, stage_inputs, tail_lines
 from .._supervisor import cached_supervisor, supervisor_argv
-from ..backend import Availability, Backend
+from ..backend import Backend
+from ..capabilities import Availability
 from ..config import BackendConfig
 from ..errors import BackendUnavailableError, ConfigError, SubmitError
 from ..handle import RunHandle, Stream
@@ -45,7 +46,23 @@ _CAPABILITIES = frozenset({"detached", "reattach", "cancel", "logs_follow", "com
 class LocalConfig(BackendConfig):
     """Run jobs as processes on this machine (rompy's ``LocalConfig``, detached)."""
 
-    type: Literal["local"] = "local"
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "local",
+                    "timeout": 7200,
+                    "env_vars": {"OMP_NUM_THREADS": "4", "MODEL_DEBUG": "true"},
+                    "command": "python run_model.py --verbose",
+                    "shell": True,
+                    "capture_output": True,
+                },
+                {"type": "local", "command": ["python", "-m", "model", "--steps", "100"]},
+            ]
+        }
+    )
+
+    type: Literal["local"] = Field("local", description="Selects this backend in config files.")
     command: str | list[str] | None = Field(
         None,
         description="Command to run when the job gives none.",
@@ -55,25 +72,41 @@ class LocalConfig(BackendConfig):
         True,
         description="Run a string command through /bin/sh; False splits it into argv "
         "(no shell). A list command is always argv.",
+        examples=[True],
     )
     capture_output: bool = Field(
         True,
         description="Write stdout/stderr to files in the run folder; False lets them go "
         "to the submitting process's terminal (logs() then yields nothing).",
+        examples=[True],
     )
     runs_dir: Path | None = Field(
         None,
         description="Folder for run folders; default $TETHER_HOME/runs "
         "(~/.local/state/tether/runs).",
+        examples=["~/tether-runs"],
     )
     cancel_grace: float = Field(
         5.0,
         ge=0,
         le=600,
         description="Seconds between TERM and KILL when a run is cancelled or times out.",
+        examples=[5.0],
     )
 
     capabilities: ClassVar[frozenset[str]] = _CAPABILITIES
+    preference: ClassVar[int] = 10  # this machine, detached and resumable: the default
+
+    @classmethod
+    def availability(cls) -> Availability:
+        """Usable on Linux with pidfd support and a supervisor (native or Python)."""
+        if not hasattr(os, "pidfd_open") or not Path("/proc/self/stat").exists():
+            return Availability(False, "the local backend needs Linux (pidfd_open and /proc)")
+        try:
+            supervisor_argv()
+        except BackendUnavailableError as exc:
+            return Availability(False, str(exc))
+        return Availability(True)
 
     def create(self) -> LocalBackend:
         """Return a :class:`LocalBackend` with these settings."""
@@ -114,16 +147,6 @@ class LocalBackend(Backend[LocalConfig]):
     """Starts each job under its own supervisor; see the module docstring."""
 
     capabilities: ClassVar[frozenset[str]] = _CAPABILITIES
-
-    async def check(self) -> Availability:
-        """Usable on Linux with pidfd support and a supervisor (native or Python)."""
-        if not hasattr(os, "pidfd_open") or not Path("/proc/self/stat").exists():
-            return Availability(False, "the local backend needs Linux (pidfd_open and /proc)")
-        try:
-            await anyio.to_thread.run_sync(supervisor_argv)
-        except BackendUnavailableError as exc:
-            return Availability(False, str(exc))
-        return Availability(True)
 
     def _argv(self, job: Job) -> list[str]:
         command = job.command if job.command is not None else self.config.command

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -110,10 +111,38 @@ async def _watch(handle: RunHandle, timeout: float | None = None) -> RunResult:
     return result
 
 
+async def _detach(handle: RunHandle, handle_path: Path | None, *, as_json: bool) -> int:
+    """Report a run left going: its id, and the handle file that finds it again."""
+    if handle_path is None:
+        if handle.run_dir is None:
+            with anyio.CancelScope(shield=True):
+                await handle.cancel()
+            raise ConfigError(
+                f"run {handle.run_id} was cancelled: this backend's runs have no folder to "
+                "keep their handle in; pass --handle H.json with --detach"
+            )
+        handle_path = await handle.save(handle.run_dir / "handle.json")
+    if as_json:
+        info = {"run_id": handle.run_id, "state": handle.state.value, "handle": str(handle_path)}
+        _stdout(json.dumps(info, indent=2))
+    else:
+        _stdout(handle.run_id)
+        _stderr(
+            f"tether: run {handle.run_id} goes on; handle saved to {handle_path} "
+            f"(`tether wait {handle_path}`, `tether logs -f {handle_path}`)"
+        )
+    return EXIT_OK
+
+
 async def run(args: argparse.Namespace) -> int:
-    """``tether run``: submit, wait with a status line, print stdout and a summary."""
+    """``tether run``: submit, wait with a status line, print stdout and a summary.
+
+    With ``--detach``: submit, save the handle and return at once.
+    """
     job, config = _job_and_config(args.job, args.backend_config)
     handle = await _submit(job, config, args.handle)
+    if args.detach:
+        return await _detach(handle, args.handle, as_json=args.json)
     try:
         result = await _watch(handle)
     except anyio.get_cancelled_exc_class():
@@ -177,7 +206,12 @@ async def cancel(args: argparse.Namespace) -> int:
     handle = await load_handle(args.handle)
     await handle.cancel()
     result = handle.last_result
-    _stdout(summary(result, handle.run_dir) if result else state_line(handle.run_id, handle.state))
+    if args.json:
+        _stdout(result_json(result) if result else state_json(handle.run_id, handle.state))
+    else:
+        _stdout(
+            summary(result, handle.run_dir) if result else state_line(handle.run_id, handle.state)
+        )
     return EXIT_OK
 
 

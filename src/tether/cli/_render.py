@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from ..result import RunResult, RunState
+
+if TYPE_CHECKING:
+    from rich.live import Live
+    from rich.spinner import Spinner
 
 
 def summary(result: RunResult, folder: Path | None = None) -> str:
@@ -61,38 +65,57 @@ def describe_os_error(exc: OSError) -> str:
 class StatusDisplay:
     """Shows a run's progress on ``stream`` while the CLI waits for it.
 
-    On a terminal, one line rewritten in place (``\\r``) with the run id, state and
-    elapsed seconds. Elsewhere (logs, CI, pipes), a plain line at each state change
-    only, so the output stays readable and small.
+    On a terminal, a rich spinner line with the run id, state and elapsed time,
+    erased when the wait ends. Elsewhere (logs, CI, pipes), a plain line at each
+    state change only, so the output stays readable and small.
     """
 
     def __init__(self, stream: TextIO, run_id: str, *, live: bool) -> None:
         self._stream = stream
         self._run_id = run_id
-        self._live = live
         self._started = time.monotonic()
         self._last: RunState | None = None
-        self._shown = False
+        self._live: Live | None = None
+        self._spinner: Spinner | None = None
+        if live:
+            # Imported here: rich is only needed on a terminal, and `import tether` stays light.
+            from rich.console import Console
+            from rich.live import Live
+            from rich.spinner import Spinner
+
+            self._spinner = Spinner("dots", text=run_id)
+            console = Console(file=stream, highlight=False)
+            self._live = Live(self._spinner, console=console, transient=True, refresh_per_second=8)
+            self._live.start()
 
     def update(self, state: RunState) -> None:
         """Show ``state``: redraw the live line, or print a line if the state changed."""
-        if self._live:
+        if self._spinner is not None:
             elapsed = time.monotonic() - self._started
-            # \x1b[K erases what a longer previous line left behind.
-            self._stream.write(f"\r{self._run_id}  {state.value}  {elapsed:.0f}s\x1b[K")
-            self._shown = True
+            self._spinner.update(text=f"{self._run_id}  {state.value}  {elapsed:.0f}s")
         elif state is not self._last and not state.is_terminal:
             # The terminal state is reported by the summary line; don't say it twice.
             self._stream.write(state_line(self._run_id, state) + "\n")
+            self._stream.flush()
         self._last = state
-        self._stream.flush()
 
     def clear(self) -> None:
         """Erase the live line so the next output starts on a clean line."""
-        if self._shown:
-            self._stream.write("\r\x1b[K")
-            self._stream.flush()
-            self._shown = False
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+            self._spinner = None
+
+
+def table(rows: list[list[str]]) -> list[str]:
+    """Rows as left-aligned columns two spaces apart (the first row is the header)."""
+    if not rows:
+        return []
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
 
 
 def write_lines(stream: TextIO, lines: list[str]) -> None:

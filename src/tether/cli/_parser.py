@@ -1,0 +1,201 @@
+"""The ``tether`` argument parser: every command, option and the exit-status epilog."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .. import __version__
+from . import _backends, _commands, _ls
+
+Command = Callable[[argparse.Namespace], Awaitable[int]]
+
+if TYPE_CHECKING:
+    SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+EPILOG = """\
+exit status:
+  0    the run SUCCEEDED (run, wait), or the command did its job
+       (run --detach, submit, cancel, logs, ls, backends; status while the run
+       goes on or once it succeeded)
+  1    the run ended in another state: FAILED, CANCELLED, TIMED_OUT or LOST
+  2    usage, job file, backend config or handle file error (one line per
+       problem on stderr; --debug shows the traceback)
+  3    wait --timeout ran out; the run keeps going
+  130  interrupted (Ctrl-C): `tether run` cancels its run first; `tether wait`
+       and the other commands leave the run going
+  141  the output pipe was closed (e.g. `tether logs H | head`)
+
+Run folders go to $TETHER_HOME/runs (default ~/.local/state/tether/runs).
+Config and job files may use ${VAR} and ${VAR:-default}, read from the environment.
+"""
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"{text!r} must be zero or more seconds")
+    return value
+
+
+def _add_debug(parser: argparse.ArgumentParser, default: object) -> None:
+    # Not shared through `parents=`: argparse shares the action objects, and so
+    # their defaults, between a parent and its children.
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=default,
+        help="show the traceback of an error instead of one line",
+    )
+
+
+def _add(
+    commands: SubParsers, name: str, help: str, command: Command | None = None
+) -> argparse.ArgumentParser:
+    sub: argparse.ArgumentParser = commands.add_parser(
+        name,
+        help=help,
+        description=help[0].upper() + help[1:] + ".",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    # SUPPRESS: a subcommand without --debug keeps a --debug given before it.
+    _add_debug(sub, default=argparse.SUPPRESS)
+    if command is not None:
+        sub.set_defaults(func=command)
+    return sub
+
+
+def _json(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--json", action="store_true", help=f"print {what} as JSON (nothing else on stdout)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``tether`` command."""
+    parser = argparse.ArgumentParser(
+        prog="tether",
+        description="Run jobs on tether backends and keep a handle on them.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_debug(parser, default=False)
+    parser.add_argument("--version", action="version", version=f"tether {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    job_help = "job file (YAML or JSON); an optional 'backend:' mapping in it picks the backend"
+    config_help = "backend config file (YAML or JSON, with a 'type'); overrides the job file's"
+    handle_help = "saved handle file"
+
+    sub = _add(commands, "run", "submit a job and wait for it, showing its state", _commands.run)
+    sub.add_argument("job", type=Path, metavar="JOB", help=job_help)
+    sub.add_argument("--backend-config", type=Path, metavar="CFG", help=config_help)
+    sub.add_argument(
+        "--handle",
+        type=Path,
+        metavar="H",
+        help="save the run's handle here (with --detach, default: handle.json in the run folder)",
+    )
+    sub.add_argument(
+        "--detach",
+        action="store_true",
+        help="return once the run has started: print its id and handle file, leave it going",
+    )
+    _json(sub, "the result (with --detach: run id, state and handle file)")
+
+    sub = _add(
+        commands,
+        "submit",
+        "submit a job, save its handle, print the run id (run --detach --handle H)",
+        _commands.submit,
+    )
+    sub.add_argument("job", type=Path, metavar="JOB", help=job_help)
+    sub.add_argument(
+        "--handle", type=Path, metavar="H", required=True, help="file to save the handle to"
+    )
+    sub.add_argument("--backend-config", type=Path, metavar="CFG", help=config_help)
+
+    sub = _add(commands, "status", "print the current state of a saved run", _commands.status)
+    sub.add_argument("handle", type=Path, metavar="HANDLE", help=handle_help)
+    _json(sub, "the result once ended, else run_id and state,")
+
+    sub = _add(commands, "wait", "wait for a saved run to end and print its result", _commands.wait)
+    sub.add_argument("handle", type=Path, metavar="HANDLE", help=handle_help)
+    sub.add_argument(
+        "--timeout",
+        type=_seconds,
+        metavar="S",
+        help="give up after S seconds with exit status 3; the run keeps going",
+    )
+    _json(sub, "the result")
+
+    sub = _add(commands, "cancel", "cancel a saved run and print its final state", _commands.cancel)
+    sub.add_argument("handle", type=Path, metavar="HANDLE", help=handle_help)
+    _json(sub, "the final result")
+
+    sub = _add(commands, "logs", "print a saved run's output lines", _commands.logs)
+    sub.add_argument("handle", type=Path, metavar="HANDLE", help=handle_help)
+    sub.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing new lines until the run ends"
+    )
+    sub.add_argument("--stderr", action="store_true", help="print stderr instead of stdout")
+
+    sub = _add(commands, "ls", "list the runs in a runs folder, with state and age", _ls.ls)
+    sub.add_argument(
+        "runs_dir",
+        type=Path,
+        nargs="?",
+        metavar="RUNS_DIR",
+        help="folder of run folders (default: $TETHER_HOME/runs)",
+    )
+    _json(sub, "the runs")
+
+    backends = _add(commands, "backends", "list, create, validate and describe backend configs")
+    verbs = backends.add_subparsers(dest="verb", required=True, metavar="VERB")
+    type_help = "backend type (see `tether backends list`)"
+
+    sub = _add(
+        verbs,
+        "list",
+        "list every backend, what it can do and whether it works here",
+        _backends.list_,
+    )
+    sub.add_argument("--available", action="store_true", help="only the backends usable here")
+    _json(sub, "the backends")
+
+    sub = _add(
+        verbs,
+        "create",
+        "print a commented config template that validates as written",
+        _backends.create,
+    )
+    sub.add_argument("--backend-type", required=True, metavar="T", help=type_help)
+    sub.add_argument(
+        "--with-examples", action="store_true", help="fill in example values, not only defaults"
+    )
+    sub.add_argument("--output", "-o", type=Path, metavar="F", help="write to F, not stdout")
+    sub.add_argument("--force", action="store_true", help="overwrite an existing --output file")
+
+    sub = _add(
+        verbs, "validate", "check a backend config file; print every problem", _backends.validate
+    )
+    sub.add_argument("file", type=Path, metavar="FILE", help="backend config file (YAML or JSON)")
+    sub.add_argument(
+        "--backend-type",
+        metavar="T",
+        help="the type the file must have (used when the file has no 'type' field)",
+    )
+    _json(sub, "the outcome (secret values left out)")
+
+    sub = _add(verbs, "schema", "print a backend config's JSON schema", _backends.schema)
+    sub.add_argument("--backend-type", required=True, metavar="T", help=type_help)
+    sub.add_argument(
+        "--format", choices=["json", "yaml"], default="json", help="output format (default json)"
+    )
+    return parser
