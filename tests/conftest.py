@@ -11,6 +11,9 @@ from typing import Any
 
 import pytest
 
+from .cli_support import cli  # noqa: F401  (a fixture, shared by the CLI test modules)
+from .plugin_env import nohup_plugin  # noqa: F401  (session fixture: the example plugin)
+
 
 @pytest.fixture(autouse=True)
 def tether_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
