@@ -170,6 +170,11 @@ def test_detach_then_status_logs_wait_and_ls(cli: CLI) -> None:
 
     proc = cli("logs", "-f", handle)
     assert (proc.returncode, proc.stdout) == (0, "one\ntwo\n")
+    lines = [json.loads(line) for line in cli("logs", handle, "--json").stdout.splitlines()]
+    assert [(item["stream"], item["line"]) for item in lines] == [
+        ("stdout", "one"),
+        ("stdout", "two"),
+    ]
     proc = cli("wait", handle)
     assert proc.returncode == 0 and "SUCCEEDED" in proc.stdout
 

@@ -63,6 +63,18 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _str)
 
 
+def dump_yaml(data: Any) -> str:
+    """Block-style YAML in the given key order, multi-line strings as literals."""
+    return yaml.dump(
+        data,
+        Dumper=_Dumper,
+        default_flow_style=False,
+        sort_keys=False,
+        allow_unicode=True,
+        width=88,
+    )
+
+
 def _yaml_value(key: str, value: Any) -> str:
     text = yaml.dump(
         {key: value},

@@ -6,10 +6,8 @@ import argparse
 import json
 import sys
 
-import yaml
-
 from .._files import write_atomic
-from .._template import config_template
+from .._template import config_template, dump_yaml
 from ..discovery import list_backends
 from ..errors import ConfigError
 from ..registry import config_class, load_config
@@ -76,9 +74,6 @@ async def validate(args: argparse.Namespace) -> int:
 async def schema(args: argparse.Namespace) -> int:
     """The JSON schema of a backend's config (field types, rules, descriptions, examples)."""
     document = config_class(args.backend_type).model_json_schema()
-    if args.format == "yaml":
-        text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
-    else:
-        text = json.dumps(document, indent=2)
+    text = dump_yaml(document) if args.format == "yaml" else json.dumps(document, indent=2)
     write_lines(sys.stdout, [text.rstrip("\n")])
     return EXIT_OK

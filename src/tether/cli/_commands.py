@@ -220,6 +220,8 @@ async def logs(args: argparse.Namespace) -> int:
     handle = await load_handle(args.handle)
     stream: Stream = "stderr" if args.stderr else "stdout"
     async for line in handle.logs(stream, follow=args.follow):
+        if args.json:  # JSON Lines: one object per output line, safe for any text
+            line = json.dumps({"run_id": handle.run_id, "stream": stream, "line": line})
         sys.stdout.write(line + "\n")
         if args.follow:
             sys.stdout.flush()

@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
         "-f", "--follow", action="store_true", help="keep printing new lines until the run ends"
     )
     sub.add_argument("--stderr", action="store_true", help="print stderr instead of stdout")
+    sub.add_argument(
+        "--json", action="store_true", help="print JSON Lines: {run_id, stream, line} per line"
+    )
 
     sub = _add(commands, "ls", "list the runs in a runs folder, with state and age", _ls.ls)
     sub.add_argument(
