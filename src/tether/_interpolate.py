@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from ._loading import Loc
+from ._loading import Loc, quote
 
 # $$ | ${NAME} | ${NAME:-default} | anything else starting with ${ (malformed)
 _TOKEN = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{")
@@ -44,7 +44,7 @@ def resolve_string(text: str, env: Mapping[str, str], loc: Loc = ()) -> tuple[st
         if name is None:
             raise UnresolvedReference(
                 loc,
-                f"malformed reference in {text!r}: write ${{NAME}} or ${{NAME:-default}} "
+                f"malformed reference in {quote(text)}: write ${{NAME}} or ${{NAME:-default}} "
                 "(and $$ for a literal $)",
             )
         used = True

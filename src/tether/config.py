@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
+from ._loading import quote
 from .capabilities import Availability
 from .job import public_env, reveal, secret_keys
 
@@ -72,7 +73,7 @@ class BackendConfig(BaseModel):
             if not key.strip():
                 raise ValueError("environment variable names must be non-empty")
             if "=" in key or "\0" in key:
-                raise ValueError(f"environment variable name {key!r} must not contain '='")
+                raise ValueError(f"environment variable name {quote(key)} must not contain '='")
         return env
 
     @field_validator("working_dir")
@@ -83,12 +84,13 @@ class BackendConfig(BaseModel):
         path = path.expanduser()
         if not path.exists():
             raise ValueError(
-                f"Working directory '{path}' does not exist: create it or set working_dir "
-                "to an existing folder"
+                f"Working directory {quote(str(path))} does not exist: create it or set "
+                "working_dir to an existing folder"
             )
         if not path.is_dir():
             raise ValueError(
-                f"Working directory '{path}' is not a directory: point working_dir at a folder"
+                f"Working directory {quote(str(path))} is not a directory: point working_dir "
+                "at a folder"
             )
         return path.resolve()
 

@@ -155,7 +155,7 @@ def recommended_backend(job: Job) -> Recommendation:
         if info.config_class is None or not info.usable:
             rejected.append(f"{info.name}: {info.reason}")
         elif "simulated" in info.capabilities:
-            continue
+            rejected.append(f"{info.name}: simulated runs only, never recommended")
         elif not needs <= info.capabilities:
             missing = ", ".join(sorted(needs - info.capabilities))
             rejected.append(f"{info.name}: cannot provide {missing}")

@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from ._loading import quote
+
 _HMS = re.compile(r"^(?:(\d+)-)?(\d+):(\d{1,2}):(\d{1,2})$")
 
 
@@ -25,7 +27,7 @@ def parse_walltime(value: Any) -> float | None:
             return float(text)
         except ValueError:
             pass
-    raise ValueError(f"walltime {value!r} is not seconds or 'HH:MM:SS'")
+    raise ValueError(f"walltime {quote(value)} is not seconds or 'HH:MM:SS'")
 
 
 _MEMORY = re.compile(r"^(\d+)\s*([kmgt]?)b?$", re.IGNORECASE)
@@ -41,7 +43,7 @@ def parse_memory(value: str | int) -> int:
     match = _MEMORY.match(str(value).strip())
     if match is None or isinstance(value, bool):
         raise ValueError(
-            f"memory {value!r} is not a size: use a number of bytes or a number with "
+            f"memory {quote(value)} is not a size: use a number of bytes or a number with "
             "k, m, g or t (e.g. '512m', '2g')"
         )
     return int(match.group(1)) * _UNITS[match.group(2).lower()]
@@ -109,7 +111,7 @@ class Job(BaseModel):
         for key in env:
             if not key or "=" in key or "\0" in key:
                 raise ValueError(
-                    f"environment variable name {key!r} must be non-empty, without '='"
+                    f"environment variable name {quote(key)} must be non-empty, without '='"
                 )
         return env
 

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from . import _plugins
 from ._interpolate import UnresolvedReference, resolve
-from ._loading import Loc, find_line, format_validation, read_mapping
+from ._loading import Loc, field_path, find_line, format_validation, quote, read_mapping
 from .config import BackendConfig
 from .errors import ConfigError, RecordError, UnknownBackendError
 from .handle import RunHandle
@@ -49,9 +49,9 @@ def config_class(name: str) -> type[BackendConfig]:
         cls: type[BackendConfig] = plugins.found[name]
         return cls
     if name in plugins.broken:
-        raise UnknownBackendError(f"Backend {name!r} failed to load: {plugins.broken[name]}")
+        raise UnknownBackendError(f"Backend {quote(name)} failed to load: {plugins.broken[name]}")
     known = ", ".join(sorted(plugins.found)) or "none (is tether installed? pip install -e .)"
-    raise UnknownBackendError(f"Unknown backend type {name!r}; known types: {known}.")
+    raise UnknownBackendError(f"Unknown backend type {quote(name)}; known types: {known}.")
 
 
 def config_from_dict(
@@ -67,7 +67,7 @@ def config_from_dict(
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation(exc, source, lines or {})) from None
+        raise ConfigError(format_validation(exc, source, lines or {}, data=data)) from None
 
 
 def _resolved(
@@ -77,7 +77,7 @@ def _resolved(
     try:
         resolved: dict[str, Any] = resolve(data, secret_maps=secret_maps)
     except UnresolvedReference as exc:
-        field = ".".join(str(part) for part in exc.loc) or "(top level)"
+        field = field_path(exc.loc)
         line = find_line(lines, exc.loc)
         where = f"{path}:{line}" if line else str(path)
         raise ConfigError(f"{where}: {field}: {exc}") from None
@@ -97,6 +97,7 @@ def load_config(path: str | Path, *, backend_type: str | None = None) -> Backend
     """
     path = Path(path)
     data, lines = read_mapping(path, "Backend config")
+    data = _resolved(data, path, lines, (("env_vars",),))
     if backend_type is not None:
         given = data.get("type")
         if given is None:
@@ -106,10 +107,9 @@ def load_config(path: str | Path, *, backend_type: str | None = None) -> Backend
             line = lines.get(("type",))
             where = f"{path}:{line}" if line else str(path)
             raise ConfigError(
-                f"{where}: type: the file is a {given!r} config, not {backend_type!r}: "
+                f"{where}: type: the file is a {quote(given)} config, not {backend_type!r}: "
                 "fix the type field or the --backend-type option"
             )
-    data = _resolved(data, path, lines, (("env_vars",),))
     return config_from_dict(data, source=path, lines=lines)
 
 
@@ -130,14 +130,16 @@ def load_job(path: str | Path) -> tuple[Job, BackendConfig | None]:
         try:
             config = config_class(str(backend.get("type"))).model_validate(backend)
         except ValidationError as exc:
-            raise ConfigError(format_validation(exc, path, lines, ("backend",))) from None
+            raise ConfigError(
+                format_validation(exc, path, lines, ("backend",), data=backend)
+            ) from None
         except UnknownBackendError as exc:
             raise ConfigError(f"{path}: backend: {exc}") from None
     base = path.parent
     try:
         job = Job.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation(exc, path, lines)) from None
+        raise ConfigError(format_validation(exc, path, lines, data=data)) from None
     # Relative paths in a job file are relative to the file, not to the caller's cwd.
     update: dict[str, Any] = {"inputs": [p if p.is_absolute() else (base / p) for p in job.inputs]}
     if job.workdir is not None and not job.workdir.is_absolute():

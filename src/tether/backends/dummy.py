@@ -52,7 +52,9 @@ class DummyConfig(BackendConfig):
         }
     )
 
-    type: Literal["dummy"] = Field("dummy", description="Selects this backend in config files.")
+    type: Literal["dummy"] = Field(
+        "dummy", description="Selects this backend in config files.", examples=["dummy"]
+    )
     queue_time: float = Field(0.0, ge=0, description="Seconds a run stays PENDING.", examples=[0.5])
     duration: float = Field(0.0, ge=0, description="Seconds a run stays RUNNING.", examples=[2.0])
     outcome: Literal["succeeded", "failed", "lost"] = Field(

@@ -62,7 +62,9 @@ class LocalConfig(BackendConfig):
         }
     )
 
-    type: Literal["local"] = Field("local", description="Selects this backend in config files.")
+    type: Literal["local"] = Field(
+        "local", description="Selects this backend in config files.", examples=["local"]
+    )
     command: str | list[str] | None = Field(
         None,
         description="Command to run when the job gives none.",

@@ -50,7 +50,8 @@ def state_json(run_id: str, state: RunState) -> str:
 
 def error_lines(message: str) -> list[str]:
     """``tether: error: …`` for each line of a (possibly multi-line) message."""
-    lines = [line for line in message.splitlines() if line.strip()] or ["unknown error"]
+    # split("\n"), not splitlines(): messages are one problem per \n-separated line.
+    lines = [line for line in message.split("\n") if line.strip()] or ["unknown error"]
     return [f"tether: error: {line}" for line in lines]
 
 
