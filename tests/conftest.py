@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from .cli_support import cli  # noqa: F401  (a fixture, shared by the CLI test modules)
-from .plugin_env import nohup_plugin  # noqa: F401  (session fixture: the example plugin)
+from .plugin_env import nohup_plugin, nohup_plugin_site  # noqa: F401  (the example plugin)
 
 
 @pytest.fixture(autouse=True)

@@ -119,8 +119,47 @@ class DummyHarness(Harness):
         shutil.rmtree(handle.run_dir)
 
 
+class NohupHarness(LocalHarness):
+    """The example third-party plugin (examples/custom_backend), installed by pip.
+
+    ``tether_nohup`` is imported here, not at the top: it exists only once the
+    ``nohup_plugin`` session fixture has installed it.
+    """
+
+    name = "nohup"
+
+    def make(
+        self, *, lines=(), duration=0.0, exit_code=0, env=None, config_env=None, walltime=None
+    ):  # type: ignore[no-untyped-def]
+        from tether_nohup import NohupConfig
+
+        # The same shell command as the local backend's; only the backend differs.
+        _, job = super().make(
+            lines=lines, duration=duration, exit_code=exit_code, env=env, walltime=walltime
+        )
+        config = NohupConfig(runs_dir=self.runs_dir, env_vars=config_env or {}, cancel_grace=2)
+        return config.create(), job
+
+    def assert_nothing_running(self, handle: RunHandle) -> None:
+        from tether_nohup import NohupRunHandle
+
+        assert isinstance(handle, NohupRunHandle)
+        assert not is_running(handle.pid, None), "wrapper alive"
+        assert list(session_members(handle.pid)) == [], "processes of the run still alive"
+
+    def lose(self, handle: RunHandle) -> None:
+        from tether_nohup import NohupRunHandle
+
+        assert isinstance(handle, NohupRunHandle)
+        # SIGKILL the wrapper and everything it started: nobody records an exit status.
+        for pid in [handle.pid, *session_members(handle.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 HARNESSES: dict[str, type[Harness]] = {
     "local": LocalHarness,
     "local-python": PythonSupervisorHarness,
     "dummy": DummyHarness,
+    "nohup": NohupHarness,
 }
