@@ -46,11 +46,21 @@ def bench(session: nox.Session) -> None:
     session.run("python", "bench/wait_overhead.py")
 
 
+@nox.session(python=False)
+def services(session: nox.Session) -> None:
+    """Install (if missing) and start the real services the tests use: the Docker engine."""
+    session.run("bash", "scripts/docker-engine.sh", external=True)
+
+
 @nox.session(python=PYTHON)
 def ci(session: nox.Session) -> None:
-    """Everything CI checks, on a fresh machine: lint, types, the whole test suite."""
+    """Everything CI checks, on a fresh machine: services, lint, types, the whole suite.
+
+    ``CI=1`` makes a test whose service is missing fail instead of skip.
+    """
+    session.run("bash", "scripts/docker-engine.sh", external=True)
     session.install("-e", ".[dev]")
     session.run("ruff", "check", *LINTED)
     session.run("ruff", "format", "--check", *LINTED)
     session.run("mypy", *TYPED)
-    session.run("pytest", *session.posargs)
+    session.run("pytest", *session.posargs, env={"CI": "1"})
