@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from tether import (
 )
 from tether.registry import broken_backends, config_class, reload_plugins
 
-TETHER = Path(sys.executable).parent / "tether"
+from .cli_support import TETHER
 
 
 def _by_name(infos: list[BackendInfo]) -> dict[str, BackendInfo]:

@@ -9,9 +9,7 @@ from __future__ import annotations
 import ast
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,17 +17,10 @@ import pytest
 import tether
 import tether.registry
 
+from .cli_support import TETHER
 from .plugin_env import PLUGIN_SOURCE
 
 pytestmark = pytest.mark.usefixtures("nohup_plugin")
-
-
-def _tether_script() -> str:
-    beside = Path(sys.executable).parent / "tether"
-    found = str(beside) if beside.exists() else shutil.which("tether")
-    if found is None:
-        pytest.fail("the 'tether' console script is not installed: pip install -e '.[dev]'")
-    return found
 
 
 def test_registry_finds_the_plugin_by_its_entry_point() -> None:
@@ -78,7 +69,7 @@ def test_tether_run_through_the_console_script(tmp_path: Path) -> None:
     (tmp_path / "nohup.yml").write_text("type: nohup\ncancel_grace: 1\n")
     home = tmp_path / "home"
     proc = subprocess.run(
-        [_tether_script(), "run", "job.yml", "--backend-config", "nohup.yml", "--json"],
+        [TETHER, "run", "job.yml", "--backend-config", "nohup.yml", "--json"],
         cwd=tmp_path,
         env={**os.environ, "TETHER_HOME": str(home)},
         capture_output=True,
@@ -109,7 +100,7 @@ def test_plugin_uses_only_public_tether_names() -> None:
 
 def test_backends_list_shows_the_installed_plugin(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [_tether_script(), "backends", "list", "--json"],
+        [TETHER, "backends", "list", "--json"],
         env={**os.environ, "TETHER_HOME": str(tmp_path)},
         capture_output=True,
         text=True,
@@ -122,7 +113,7 @@ def test_backends_list_shows_the_installed_plugin(tmp_path: Path) -> None:
     assert nohup["source"].startswith("tether-nohup ")
     assert nohup["usable"] is True and "reattach" in nohup["capabilities"]
     proc = subprocess.run(
-        [_tether_script(), "backends", "create", "--backend-type", "nohup", "--with-examples"],
+        [TETHER, "backends", "create", "--backend-type", "nohup", "--with-examples"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,8 @@ from hypothesis import strategies as st
 import tether
 from tether import BackendConfig, ConfigError, DummyConfig, Job, LocalConfig, Resources, TetherError
 
-TETHER = Path(sys.executable).parent / "tether"
+from .cli_support import TETHER
+
 MAX_LINE = 300
 
 PROPERTY = settings(
