@@ -7,8 +7,12 @@ fails the run instead: CI must never pass by skipping.
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
+import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -56,3 +60,41 @@ async def docker_engine() -> AsyncIterator[object]:
         yield client
     finally:
         await client.close()
+
+
+class _UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("docker", timeout=30)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self._path)
+
+
+def docker_api(method: str, path: str) -> tuple[int, Any]:
+    """A synchronous call to the engine's API (for checks the tests make themselves)."""
+    connection = _UnixHTTP(DOCKER_SOCKET)
+    try:
+        connection.request(method, path)
+        response = connection.getresponse()
+        body = response.read()
+    finally:
+        connection.close()
+    try:
+        return response.status, json.loads(body) if body else None
+    except ValueError:
+        return response.status, body.decode(errors="replace")
+
+
+@pytest.fixture
+def docker_service() -> None:
+    """Require the real engine and tether's test images, from synchronous code."""
+    try:
+        status, _ = docker_api("GET", "/_ping")
+    except OSError as exc:
+        missing(f"Docker engine not reachable at unix://{DOCKER_SOCKET} ({exc}); run {START}")
+    for image in (IMPORTED_IMAGE, BUILT_IMAGE):
+        status, _ = docker_api("GET", f"/images/{image}/json")
+        if status != 200:
+            missing(f"test image {image} is not built; run {START}")

@@ -7,14 +7,17 @@ the same run. See ``docs/`` for the guide.
 
 from __future__ import annotations
 
+from ._version import __version__
 from .api import run, run_sync
 from .backend import Backend
+from .backends.docker import DockerBackend, DockerConfig, DockerRunHandle, PrunedContainer
 from .backends.dummy import DummyBackend, DummyConfig, DummyRunHandle
 from .backends.local import LocalBackend, LocalConfig, LocalRunHandle
 from .capabilities import Availability
 from .config import BackendConfig
 from .discovery import BackendInfo, Recommendation, list_backends, recommended_backend
 from .errors import (
+    BackendError,
     BackendUnavailableError,
     ConfigError,
     InvalidTransitionError,
@@ -31,15 +34,17 @@ from .job import Job, Resources
 from .registry import backend_configs, load_config, load_handle, load_job
 from .result import RunResult, RunState
 
-__version__ = "0.1.0"
-
 __all__ = [
     "Availability",
     "Backend",
     "BackendConfig",
+    "BackendError",
     "BackendInfo",
     "BackendUnavailableError",
     "ConfigError",
+    "DockerBackend",
+    "DockerConfig",
+    "DockerRunHandle",
     "DummyBackend",
     "DummyConfig",
     "DummyRunHandle",
@@ -48,6 +53,7 @@ __all__ = [
     "LocalBackend",
     "LocalConfig",
     "LocalRunHandle",
+    "PrunedContainer",
     "Recommendation",
     "RecordError",
     "RecordVersionError",

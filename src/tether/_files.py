@@ -37,6 +37,27 @@ def write_json_atomic(path: Path, obj: Any, *, sync: bool = False) -> None:
     write_atomic(path, (json.dumps(obj) + "\n").encode(), sync=sync)
 
 
+def write_json_once(path: Path, obj: Any) -> bool:
+    """Create ``path`` holding ``obj`` as JSON unless it exists; True if this call made it.
+
+    The first of several racing writers wins and the others leave its file alone
+    (the complete file appears at once, through a hard link of a finished temp file).
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write((json.dumps(obj) + "\n").encode())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
 def state_home() -> Path:
     """tether's state folder: ``$TETHER_HOME`` or ``$XDG_STATE_HOME/tether``."""
     explicit = os.environ.get("TETHER_HOME")

@@ -18,7 +18,9 @@ from .errors import SubmitError
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 #: Files tether itself writes into a run folder; never reported as outputs.
-RESERVED = frozenset({"stdout", "stderr", "exit.json", "handle.json", "outputs", "cancelled.json"})
+RESERVED = frozenset(
+    {"stdout", "stderr", "exit.json", "handle.json", "outputs", "cancelled.json", "stop.json"}
+)
 
 
 def new_run_id(name: str) -> str:

@@ -9,6 +9,7 @@ The tree::
     │   └── RecordVersionError            a record written by a newer/unknown schema
     ├── SubmitError (RuntimeError)        a backend could not start a run
     ├── BackendUnavailableError (RuntimeError)  a backend cannot be used on this machine
+    ├── BackendError (RuntimeError)       a backend's service refused a request (Docker engine…)
     ├── RunFailedError (RuntimeError)     ``result()`` of a run that did not succeed
     ├── WaitTimeout (TimeoutError)        ``wait(timeout=…)`` ran out; the run goes on
     └── InvalidTransitionError (RuntimeError)  an illegal run-state change
@@ -51,6 +52,10 @@ class SubmitError(TetherError, RuntimeError):
 
 class BackendUnavailableError(TetherError, RuntimeError):
     """Raised when a backend cannot be used on this machine (missing tool or extra)."""
+
+
+class BackendError(TetherError, RuntimeError):
+    """Raised when a backend's service (a Docker engine, a scheduler) refuses a request."""
 
 
 class RunFailedError(TetherError, RuntimeError):

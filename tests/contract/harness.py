@@ -15,14 +15,28 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
-from tether import Backend, DummyConfig, DummyRunHandle, Job, LocalConfig, LocalRunHandle, RunHandle
+from tether import (
+    Backend,
+    DockerConfig,
+    DockerRunHandle,
+    DummyConfig,
+    DummyRunHandle,
+    Job,
+    LocalConfig,
+    LocalRunHandle,
+    RunHandle,
+)
 from tether._proc import is_running, session_members
+
+from ..services import IMPORTED_IMAGE, docker_api
 
 
 class Harness(ABC):
     """Makes (backend, job) pairs with a given behaviour, and inspects leftovers."""
 
     name: str
+    #: Event loops the backend runs under (anyio backend names).
+    loops: tuple[str, ...] = ("asyncio", "trio")
 
     def __init__(self, runs_dir: Path) -> None:
         self.runs_dir = runs_dir
@@ -157,9 +171,43 @@ class NohupHarness(LocalHarness):
                 os.kill(pid, signal.SIGKILL)
 
 
+class DockerHarness(LocalHarness):
+    """Containers of the busybox test image on the real engine (asyncio only: aiodocker)."""
+
+    name = "docker"
+    loops = ("asyncio",)
+
+    def make(
+        self, *, lines=(), duration=0.0, exit_code=0, env=None, config_env=None, walltime=None
+    ):  # type: ignore[no-untyped-def]
+        # The same shell command as the local backend's, run by the image's busybox sh.
+        _, job = super().make(
+            lines=lines, duration=duration, exit_code=exit_code, env=env, walltime=walltime
+        )
+        config = DockerConfig(
+            image=IMPORTED_IMAGE, runs_dir=self.runs_dir, env_vars=config_env or {}, cancel_grace=2
+        )
+        return config.create(), job
+
+    def assert_nothing_running(self, handle: RunHandle) -> None:
+        assert isinstance(handle, DockerRunHandle)
+        status, info = docker_api("GET", f"/containers/{handle.container_id}/json")
+        assert status in (200, 404), info
+        if status == 200:
+            assert not info["State"]["Running"], f"container {handle.container_id} still runs"
+            assert not handle.config.remove_container, "recorded container was not removed"
+
+    def lose(self, handle: RunHandle) -> None:
+        assert isinstance(handle, DockerRunHandle)
+        # Kill and delete the container: nobody records its result.
+        status, info = docker_api("DELETE", f"/containers/{handle.container_id}?force=1")
+        assert status == 204, info
+
+
 HARNESSES: dict[str, type[Harness]] = {
     "local": LocalHarness,
     "local-python": PythonSupervisorHarness,
     "dummy": DummyHarness,
+    "docker": DockerHarness,
     "nohup": NohupHarness,
 }
