@@ -19,6 +19,9 @@ MAX_VALUES = 100_000
 #: Longest user text quoted back in an error message.
 MAX_QUOTE = 80
 
+#: Longest field path shown in an error message.
+MAX_PATH = 80
+
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
@@ -31,7 +34,9 @@ def quote(value: object, limit: int = MAX_QUOTE) -> str:
 def field_path(loc: Loc) -> str:
     """``a.b.0.c``; keys that are not plain names are quoted, so a path is one line."""
     parts = [str(p) if isinstance(p, int) or _IDENTIFIER.match(p) else quote(p) for p in loc]
-    return ".".join(parts) or "(top level)"
+    text = ".".join(parts) or "(top level)"
+    # Deep paths of odd keys are cut in the middle: the message must stay one short line.
+    return text if len(text) <= MAX_PATH else text[:38] + "..." + text[-(MAX_PATH - 41) :]
 
 
 def read_mapping(path: Path, what: str) -> tuple[dict[str, Any], dict[Loc, int]]:
