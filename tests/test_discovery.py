@@ -15,6 +15,7 @@ from tether import (
     BackendInfo,
     BackendUnavailableError,
     ConfigError,
+    DockerConfig,
     DummyConfig,
     Job,
     LocalConfig,
@@ -267,5 +268,6 @@ def test_simulated_backend_is_never_recommended(monkeypatch: pytest.MonkeyPatch)
         assert tether.recommended_backend(job).name != "dummy"
     # Even when the dummy backend is the only usable one, it is not picked.
     monkeypatch.setattr(LocalConfig, "availability", classmethod(_unusable))
+    monkeypatch.setattr(DockerConfig, "availability", classmethod(_unusable))
     with pytest.raises(BackendUnavailableError, match="local: disabled by the test"):
         tether.recommended_backend(Job(command="ls"))

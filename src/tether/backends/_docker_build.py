@@ -94,9 +94,11 @@ def _excluded(relative: str, rules: list[tuple[bool, re.Pattern[str]]]) -> bool:
 
 
 def context_files(context: Path, dockerfile: Path) -> list[str]:
-    """Relative paths (sorted) of the files and links sent to the engine.
+    """Relative paths (sorted) of the folders, files and links sent to the engine.
 
-    The Dockerfile and ``.dockerignore`` are always sent, as docker does.
+    As docker does: the Dockerfile and ``.dockerignore`` are always sent, folders
+    are sent even when nothing inside them is (``COPY`` of an empty folder works),
+    and named pipes, sockets and devices are left out.
     """
     rules = ignore_rules(context)
     keep = {dockerfile.as_posix(), ".dockerignore"}
@@ -104,8 +106,12 @@ def context_files(context: Path, dockerfile: Path) -> list[str]:
     for folder, dirs, files in os.walk(context):
         base = Path(folder).relative_to(context)
         dirs.sort()
-        for name in [*files, *(d for d in dirs if (Path(folder) / d).is_symlink())]:
+        for name in [*files, *dirs]:
+            path = Path(folder) / name
             relative = (base / name).as_posix()
+            mode = path.lstat().st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+                continue
             if relative in keep or not _excluded(relative, rules):
                 found.append(relative)
     return sorted(set(found))
@@ -126,6 +132,8 @@ def context_digest(
         if stat.S_ISLNK(info.st_mode):
             digest.update(f"link\0{os.readlink(path)}\0".encode())
             continue
+        if not stat.S_ISREG(info.st_mode):  # a folder: its name and mode are all
+            continue
         with open(path, "rb") as handle:
             digest.update(hashlib.file_digest(handle, "sha256").digest())
     return digest.hexdigest()
@@ -143,7 +151,7 @@ def context_tar(context: Path, files: list[str]) -> io.BufferedIOBase:
 
 def image_tag(context: Path, digest: str) -> str:
     """``tether-build/<context folder>:<digest>``: readable in ``docker images``."""
-    slug = _SLUG.sub("-", context.name.lower()).strip("-")[:40] or "context"
+    slug = _SLUG.sub("-", context.name.lower())[:40].strip("-") or "context"
     return f"tether-build/{slug}:{digest[:20]}"
 
 

@@ -18,6 +18,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import anyio
+
 from ..capabilities import Availability, missing_extra
 from ..errors import BackendError, BackendUnavailableError, SubmitError
 
@@ -84,7 +86,8 @@ async def engine(
             f"Docker engine not reachable at {url} ({exc.strerror or exc}): {START_HINT}."
         ) from exc
     finally:
-        await client.close()
+        with anyio.CancelScope(shield=True):  # also when the caller was cancelled
+            await client.close()
 
 
 def translate(exc: Any, url: str, *, submitting: bool) -> Exception:

@@ -90,18 +90,18 @@ class DockerConfig(BackendConfig):
         "engine already unless pull is true.",
         examples=["swan:latest"],
     )
+    build_context: Path | None = Field(
+        None,
+        description="Folder sent to the engine as the build context; default: the current "
+        "folder. Must exist and hold the dockerfile. .dockerignore is honoured.",
+        examples=["."],
+    )
     dockerfile: Path | None = Field(
         None,
         description="Dockerfile to build the image from, relative to build_context (give "
         "this or image). The image is tagged by a hash of the context and rebuilt only "
         "when the context changes.",
         examples=["docker/Dockerfile"],
-    )
-    build_context: Path | None = Field(
-        None,
-        description="Folder sent to the engine as the build context; default: the current "
-        "folder. Must exist and hold the dockerfile. .dockerignore is honoured.",
-        examples=["."],
     )
     build_args: dict[str, str] = Field(
         default_factory=dict,
@@ -124,14 +124,13 @@ class DockerConfig(BackendConfig):
     )
     executable: str | None = Field(
         None,
-        min_length=1,
         description="Command to run when the job gives none; None runs the image's own CMD.",
         examples=["/usr/local/bin/swan"],
     )
     mpiexec: str | None = Field(
         None,
-        min_length=1,
-        description="MPI launcher put in front of the command, e.g. 'mpiexec -n 4'.",
+        description="MPI launcher put in front of the command, e.g. 'mpiexec -n 4'; blank "
+        "means none.",
         examples=["mpiexec -n 4"],
     )
     shell: bool = Field(
@@ -230,6 +229,12 @@ class DockerConfig(BackendConfig):
             data = {**data, "build_context": Path.cwd()}
         return data
 
+    @field_validator("mpiexec", "executable", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        """rompy writes ``mpiexec: ""`` for "no MPI": blank means not set."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("build_context")
     @classmethod
     def _context(cls, path: Path | None, info: ValidationInfo) -> Path | None:
@@ -243,6 +248,17 @@ class DockerConfig(BackendConfig):
                 "folder that holds the dockerfile"
             )
         return path.resolve()
+
+    @field_validator("dockerfile")
+    @classmethod
+    def _dockerfile(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        if path is None or (info.context or {}).get(FROM_RECORD):
+            return path
+        context = info.data.get("build_context")
+        if context is None:  # the context itself was invalid: that error says it all
+            return path
+        _check_dockerfile(path, context)
+        return path
 
     @field_validator("memory")
     @classmethod
@@ -296,13 +312,16 @@ class DockerConfig(BackendConfig):
         return url
 
     @model_validator(mode="after")
-    def _image_or_dockerfile(self, info: ValidationInfo) -> DockerConfig:
+    def _image_or_dockerfile(self) -> DockerConfig:
         if self.image is None and self.dockerfile is None:
             raise ValueError("Either 'image' or 'dockerfile' must be provided")
         if self.image is not None and self.dockerfile is not None:
             raise ValueError("Cannot specify both 'image' and 'dockerfile': give one of them")
-        if self.dockerfile is not None and not (info.context or {}).get(FROM_RECORD):
-            _check_dockerfile(self.dockerfile, self.build_context or Path.cwd())
+        if self.image is not None and (self.build_context is not None or self.build_args):
+            raise ValueError(
+                "'build_context' and 'build_args' apply only with 'dockerfile': remove them "
+                "or build from a dockerfile instead of 'image'"
+            )
         return self
 
     def create(self) -> DockerBackend:
@@ -425,7 +444,9 @@ class DockerBackend(Backend[DockerConfig]):
             host["NanoCpus"] = int(cpus * 1_000_000_000)
         memory = job.resources.memory or config.memory
         if memory:
-            host["Memory"] = parse_memory(memory)
+            # No swap on top: the limit is the run's memory, and going over it is an
+            # OOM kill the result reports, not a slow crawl through swap.
+            host["Memory"] = host["MemorySwap"] = parse_memory(memory)
         spec: dict[str, Any] = {
             "Image": image,
             "Env": [f"{key}={value}" for key, value in env.items()],

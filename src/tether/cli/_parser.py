@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import __version__
-from . import _backends, _commands, _ls
+from . import _backends, _commands, _docker, _ls
 
 Command = Callable[[argparse.Namespace], Awaitable[int]]
 
@@ -201,4 +201,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--format", choices=["json", "yaml"], default="json", help="output format (default json)"
     )
+
+    docker = _add(commands, "docker", "manage the Docker backend's containers")
+    verbs = docker.add_subparsers(dest="verb", required=True, metavar="VERB")
+    sub = _add(
+        verbs,
+        "prune",
+        "remove tether's ended containers whose results are recorded; list orphans",
+        _docker.prune,
+    )
+    sub.add_argument(
+        "--docker-host",
+        metavar="URL",
+        help="engine address (default: $DOCKER_HOST, else unix:///var/run/docker.sock)",
+    )
+    sub.add_argument("--dry-run", action="store_true", help="show what would go; remove nothing")
+    sub.add_argument(
+        "--orphans",
+        action="store_true",
+        help="also remove ended containers whose run folder is gone (their results are lost)",
+    )
+    _json(sub, "the containers and what was done")
     return parser
