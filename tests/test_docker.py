@@ -298,3 +298,21 @@ def test_cli_runs_a_job_file_on_docker_and_prunes(tmp_path: Path, cli: CLI) -> N
     assert proc.returncode == 2
     assert proc.stderr.startswith("tether: error: Docker engine not reachable")
     assert "Traceback" not in proc.stderr
+
+
+def test_the_docker_examples_run(cli: CLI) -> None:
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    cli.env["TETHER_DOCKER_IMAGE"] = IMPORTED_IMAGE
+    proc = cli("run", examples / "docker" / "job.yml", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert [Path(p).name for p in result["outputs"]] == ["greeting.txt"]
+    assert Path(result["outputs"][0]).read_text() == "hello from a container\n"
+    proc = cli(
+        "run",
+        examples / "hello" / "job.yml",
+        "--backend-config",
+        examples / "docker" / "docker.yml",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("hello from tether\n")
