@@ -441,3 +441,9 @@ async def test_a_job_asking_for_gpus_fails_before_the_engine(tmp_path: Path) -> 
     with pytest.raises(ConfigError, match="'gpu-job' asks for GPUs"):
         await config.create().submit(job)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_mpiexec_must_split_into_words_and_blank_means_none() -> None:
+    assert DockerConfig(image="x", mpiexec="  ").mpiexec is None
+    with pytest.raises(ValidationError, match="cannot be split: No closing quotation"):
+        DockerConfig(image="x", mpiexec='mpiexec "-n 4')

@@ -14,6 +14,7 @@ the deadline, and a handle that re-attaches after the deadline stops it then.
 from __future__ import annotations
 
 import builtins
+import json
 import re
 import shlex
 import shutil
@@ -234,6 +235,16 @@ class DockerConfig(BackendConfig):
     def _blank_is_none(cls, value: Any) -> Any:
         """rompy writes ``mpiexec: ""`` for "no MPI": blank means not set."""
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("mpiexec")
+    @classmethod
+    def _mpiexec(cls, launcher: str | None) -> str | None:
+        if launcher is not None:
+            try:
+                shlex.split(launcher)
+            except ValueError as exc:
+                raise ValueError(f"mpiexec {quote(launcher)} cannot be split: {exc}") from None
+        return launcher
 
     @field_validator("build_context")
     @classmethod
@@ -661,8 +672,6 @@ class DockerRunHandle(RunHandle):
     # -- recording the end -----------------------------------------------------------
 
     def _read_json(self, name: str) -> dict[str, Any] | None:
-        import json
-
         try:
             data = json.loads((self._dir / name).read_text())
         except (OSError, ValueError):
