@@ -13,6 +13,14 @@ from .backend import Backend
 from .backends.docker import DockerBackend, DockerConfig, DockerRunHandle, PrunedContainer
 from .backends.dummy import DummyBackend, DummyConfig, DummyRunHandle
 from .backends.local import LocalBackend, LocalConfig, LocalRunHandle
+from .cache import (
+    CachedBackend,
+    CachedConfig,
+    CachedRunHandle,
+    CacheStore,
+    DirectoryStore,
+    SQLiteStore,
+)
 from .capabilities import Availability
 from .config import BackendConfig
 from .discovery import BackendInfo, Recommendation, list_backends, recommended_backend
@@ -41,7 +49,12 @@ __all__ = [
     "BackendError",
     "BackendInfo",
     "BackendUnavailableError",
+    "CacheStore",
+    "CachedBackend",
+    "CachedConfig",
+    "CachedRunHandle",
     "ConfigError",
+    "DirectoryStore",
     "DockerBackend",
     "DockerConfig",
     "DockerRunHandle",
@@ -62,6 +75,7 @@ __all__ = [
     "RunHandle",
     "RunResult",
     "RunState",
+    "SQLiteStore",
     "SubmitError",
     "TetherError",
     "UnknownBackendError",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import anyio.to_thread
 
@@ -41,6 +41,15 @@ class Backend(ABC, Generic[C]):
         A command that turns out not to exist is not an error here: its run ends
         FAILED with the reason in ``RunResult.error``.
         """
+
+    async def cache_fields(self) -> dict[str, Any]:
+        """What of this backend decides a run's result, for cache keys.
+
+        The default is the config's :meth:`~BackendConfig.cache_fields`; a backend
+        whose settings name something that can change under the same name (a Docker
+        image tag) puts the thing's identity in instead.
+        """
+        return self._config.cache_fields()
 
     async def check(self) -> Availability:
         """Tell whether this backend is usable here and, if not, why not.

@@ -55,6 +55,8 @@ class BackendConfig(BaseModel):
     capabilities: ClassVar[frozenset[str]] = frozenset()
     #: Rank among usable backends that fit a job in ``recommended_backend``; lower wins.
     preference: ClassVar[int] = 50
+    #: Fields that cannot change a run's result: left out of cache keys.
+    cache_ignore: ClassVar[frozenset[str]] = frozenset({"timeout"})
 
     @classmethod
     def availability(cls) -> Availability:
@@ -115,6 +117,11 @@ class BackendConfig(BaseModel):
         if secret:
             data["secret_env_vars"] = secret
         return data
+
+    def cache_fields(self) -> dict[str, Any]:
+        """The result-relevant settings (the record without ``cache_ignore``), for keys."""
+        record = self.to_record()
+        return {k: v for k, v in record.items() if k not in self.cache_ignore}
 
     @classmethod
     def from_record(cls, data: dict[str, Any]) -> BackendConfig:

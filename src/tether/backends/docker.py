@@ -212,6 +212,9 @@ class DockerConfig(BackendConfig):
 
     capabilities: ClassVar[frozenset[str]] = _CAPABILITIES
     preference: ClassVar[int] = 30  # isolated, but needs an engine: after local
+    cache_ignore: ClassVar[frozenset[str]] = frozenset(
+        {"timeout", "runs_dir", "cancel_grace", "remove_container", "pull", "labels", "docker_host"}
+    )
 
     @classmethod
     def availability(cls) -> Availability:
@@ -398,6 +401,20 @@ class DockerBackend(Backend[DockerConfig]):
     async def check(self) -> Availability:
         """Whether this config's engine answers (``docker_host``, else the default)."""
         return await anyio.to_thread.run_sync(eng.ping, self.config.docker_host)
+
+    async def cache_fields(self) -> dict[str, Any]:
+        """The config's result-relevant fields, with the image's id in place of its tag
+        (a tag can point at another image tomorrow); for a dockerfile, the id of the
+        image its context builds (built now if needed)."""
+        fields = self.config.cache_fields()
+        async with eng.engine(self.config.docker_host, submitting=True) as client:
+            image = await self._image(client)
+            info = await client.images.inspect(image)
+        fields["image"] = str(info["Id"])
+        fields.pop("dockerfile", None)
+        fields.pop("build_context", None)
+        fields.pop("build_args", None)
+        return fields
 
     def _command(self, job: Job) -> list[str] | None:
         """The container's Cmd; None keeps the image's own CMD."""

@@ -86,6 +86,7 @@ class DummyConfig(BackendConfig):
 
     capabilities: ClassVar[frozenset[str]] = _CAPABILITIES
     preference: ClassVar[int] = 1000  # simulated runs are never recommended
+    cache_ignore: ClassVar[frozenset[str]] = frozenset({"timeout", "runs_dir"})
 
     @field_validator("outputs")
     @classmethod

@@ -98,6 +98,7 @@ class LocalConfig(BackendConfig):
 
     capabilities: ClassVar[frozenset[str]] = _CAPABILITIES
     preference: ClassVar[int] = 10  # this machine, detached and resumable: the default
+    cache_ignore: ClassVar[frozenset[str]] = frozenset({"timeout", "runs_dir", "cancel_grace"})
 
     @classmethod
     def availability(cls) -> Availability:

@@ -1,0 +1,99 @@
+"""Content-addressed files beside a cache store: ``blobs/ab/abcdef…`` by SHA-256.
+
+A blob is written to a temporary file in the same folder and renamed to its digest,
+so a crash never leaves a half blob under a real name. Blobs are read-only (0444):
+restored outputs are hard links to them where the filesystem allows, and a blob
+found changed on disk (size or mtime differ from the record) is treated as gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+
+class BlobDir:
+    """A folder of content-addressed, read-only files."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, digest: str) -> Path:
+        """Where the blob with ``digest`` lives."""
+        return self.root / digest[:2] / digest
+
+    def put(self, source: Path) -> tuple[str, int, int]:
+        """Store a copy of ``source``; return (digest, size, mtime_ns) of the blob."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".blob.", suffix=".tmp")
+        try:
+            digest = hashlib.sha256()
+            with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    digest.update(chunk)
+                    dst.write(chunk)
+                dst.flush()
+                os.fsync(dst.fileno())
+            name = digest.hexdigest()
+            target = self.path(name)
+            target.parent.mkdir(exist_ok=True)
+            if target.exists():
+                os.unlink(tmp)  # the same content is stored already
+            else:
+                os.chmod(tmp, 0o444)
+                os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        info = target.stat()
+        return name, info.st_size, info.st_mtime_ns
+
+    def intact(self, digest: str, size: int, mtime_ns: int) -> bool:
+        """True when the blob exists unchanged since it was recorded."""
+        try:
+            info = self.path(digest).stat()
+        except OSError:
+            return False
+        return info.st_size == size and info.st_mtime_ns == mtime_ns
+
+    def restore(self, digest: str, target: Path) -> None:
+        """Put the blob at ``target``: a hard link where possible, else a copy."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source = self.path(digest)
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copyfile(source, target)
+
+    def digests(self) -> set[str]:
+        """Every stored digest."""
+        if not self.root.is_dir():
+            return set()
+        return {p.name for p in self.root.glob("??/*") if not p.name.startswith(".")}
+
+    def remove(self, digest: str) -> int:
+        """Delete one blob; return the bytes freed."""
+        path = self.path(digest)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return 0
+        return size
+
+    def sweep_temps(self, older_than: float = 3600.0) -> None:
+        """Delete temporary files left by writers that crashed (not recent ones: a
+        writer may be busy with them)."""
+        if not self.root.is_dir():
+            return
+        limit = time.time() - older_than
+        for tmp in self.root.glob(".blob.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                if tmp.stat().st_mtime < limit:
+                    tmp.unlink()

@@ -1,0 +1,555 @@
+"""``CachedBackend``: any backend, with runs recorded and never paid for twice.
+
+On submit the job's cache key is computed (:mod:`tether.cache.key`). A recorded
+entry is a *hit*: a new run folder gets the recorded files (hard links to the
+store's blobs where possible) and the handle is finished at once. Otherwise the key
+is *claimed* in the store: a run of the same key already going, in this process or
+another, is shared (its saved handle record is in the claim); else the inner backend
+runs the job and the claim holds its record. Whoever sees the shared run end (any
+waiter, in any process) records the entry, when it succeeded or ``cache_failures``
+is set, and releases the claim.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import secrets
+import socket
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import anyio
+import anyio.to_thread
+from pydantic import ConfigDict, Field, SerializeAsAny, ValidationInfo, field_validator
+
+from .. import _plugins, _proc
+from .._files import cache_home, default_runs_dir
+from .._runs import make_run_dir, new_run_id, tail_lines
+from ..backend import Backend
+from ..config import FROM_RECORD, BackendConfig
+from ..errors import ConfigError
+from ..handle import RunHandle, Stream
+from ..job import Job
+from ..records import write_record
+from ..result import RunResult, RunState
+from .key import KeyFunction, default_key
+from .sqlite_store import SQLiteStore
+from .store import CacheEntry, CacheStore, Claim, StoredFile
+
+#: A claim with no handle record yet (its owner is between claiming and submitting)
+#: is taken over after this long even if the owner looks alive (another machine).
+PENDING_LIMIT = 120.0
+
+
+def _not_a_store(obj: object) -> str | None:
+    if isinstance(obj, type) and issubclass(obj, CacheStore):
+        return None
+    return "is not a CacheStore subclass"
+
+
+_plugins.register_check(_plugins.STORES, _not_a_store)
+
+
+def store_from_spec(kind: str, path: Path | None) -> CacheStore:
+    """The store registered as ``kind`` (``tether.stores`` entry points) at ``path``."""
+    plugins = _plugins.discover(_plugins.STORES)
+    cls = plugins.found.get(kind)
+    if cls is None:
+        known = ", ".join(sorted(plugins.found)) or "none"
+        why = plugins.broken.get(kind)
+        raise ConfigError(
+            f"Cache store {kind!r} failed to load: {why}"
+            if why
+            else f"Unknown cache store {kind!r}; known stores: {known}."
+        )
+    if path is None:
+        if cls is SQLiteStore:
+            return SQLiteStore.default()
+        path = cache_home() / f"store-{kind}"
+    store: CacheStore = cls(path)
+    return store
+
+
+class CachedConfig(BackendConfig):
+    """Settings of a cached backend: the inner backend's config, the store, the policy."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"type": "cached", "backend": {"type": "local"}, "store": "sqlite"},
+                {
+                    "type": "cached",
+                    "backend": {"type": "dummy", "duration": 1.0},
+                    "store": "directory",
+                    "store_path": "/tmp/tether-cache",
+                    "cache_version": "v2",
+                },
+            ]
+        }
+    )
+
+    type: Literal["cached"] = Field(
+        "cached", description="Selects the caching wrapper in config files.", examples=["cached"]
+    )
+    backend: SerializeAsAny[BackendConfig] = Field(
+        description="The inner backend's config, with its own 'type'; it runs the misses.",
+        examples=[{"type": "local"}],
+    )
+    store: str = Field(
+        "sqlite",
+        description="Cache store kind: 'sqlite' (the embedded default), 'directory', or a "
+        "plugin's name (tether.stores entry points).",
+        examples=["sqlite"],
+    )
+    store_path: Path | None = Field(
+        None,
+        description="The store's file or folder; default ~/.cache/tether/cache.sqlite "
+        "(sqlite) or ~/.cache/tether/store-<kind>.",
+        examples=["~/.cache/tether/cache.sqlite"],
+    )
+    cache_version: str = Field(
+        "",
+        description="Part of every key: change it to invalidate what was recorded before.",
+        examples=["v2"],
+    )
+    cache_failures: bool = Field(
+        False,
+        description="Also record failed, cancelled and timed-out runs (never lost ones).",
+        examples=[False],
+    )
+    refresh: bool = Field(
+        False, description="Always run, and replace the recorded entry.", examples=[False]
+    )
+    runs_dir: Path | None = Field(
+        None,
+        description="Where hits get their run folders; default the inner backend's "
+        "runs_dir, else $TETHER_HOME/runs.",
+        examples=["~/tether-runs"],
+    )
+
+    preference: ClassVar[int] = 900  # a wrapper: never recommended on its own
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _inner(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, BackendConfig):
+            return value
+        if not isinstance(value, dict) or "type" not in value:
+            raise ValueError("backend must be a mapping with the inner backend's 'type'")
+        from ..registry import config_class
+
+        inner = config_class(str(value["type"]))
+        if (info.context or {}).get(FROM_RECORD):
+            return inner.from_record(value)
+        return inner.model_validate(value)
+
+    def to_record(self) -> dict[str, Any]:
+        """The record, with the inner config's own record (no secret values)."""
+        data = super().to_record()
+        data["backend"] = self.backend.to_record()
+        return data
+
+    def cache_fields(self) -> dict[str, Any]:
+        """A cached backend's results are its inner backend's."""
+        return self.backend.cache_fields()
+
+    def create(self) -> CachedBackend:
+        """The inner backend wrapped in a :class:`CachedBackend` with this store."""
+        return CachedBackend(
+            self.backend.create(),
+            store_from_spec(self.store, self.store_path),
+            cache_version=self.cache_version,
+            cache_failures=self.cache_failures,
+            refresh=self.refresh,
+            runs_dir=self.runs_dir,
+        )
+
+    @classmethod
+    def handle_class(cls) -> builtins.type[CachedRunHandle]:
+        """Saved cached runs load into :class:`CachedRunHandle`."""
+        return CachedRunHandle
+
+
+@cache
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def new_owner() -> str:
+    """This process's claim owner id: host, boot, pid, start ticks, and a nonce."""
+    pid = os.getpid()
+    ticks = _proc.start_ticks(pid)
+    return f"{socket.gethostname()}|{_boot_id()}|{pid}|{ticks}|{secrets.token_hex(4)}"
+
+
+def owner_alive(owner: str) -> bool:
+    """False when the owner's process is known to be gone (same host and boot only)."""
+    try:
+        host, boot, pid, ticks, _ = owner.split("|")
+    except ValueError:
+        return False
+    if host != socket.gethostname() or boot != _boot_id():
+        return True  # cannot tell from here: PENDING_LIMIT decides
+    return _proc.is_running(int(pid), None if ticks == "None" else int(ticks))
+
+
+@dataclass
+class _Shared:
+    """A run of a key that handles in this process share."""
+
+    inner: RunHandle
+    owner: str
+
+
+#: (store location, key) → the run going in this process.
+_SHARED: dict[tuple[str, str], _Shared] = {}
+
+
+class CachedBackend(Backend[CachedConfig]):
+    """Wraps ``inner`` so that a job already run (same key) is not run again."""
+
+    def __init__(
+        self,
+        inner: Backend[Any],
+        store: CacheStore | None = None,
+        *,
+        cache_version: str = "",
+        cache_failures: bool = False,
+        refresh: bool = False,
+        runs_dir: Path | None = None,
+        key: KeyFunction | None = None,
+    ) -> None:
+        self._inner = inner
+        self._store = store if store is not None else SQLiteStore.default()
+        self._key: KeyFunction = key or default_key
+        super().__init__(
+            CachedConfig(
+                backend=inner.config,
+                store=self._store.kind,
+                store_path=self._store.location,
+                cache_version=cache_version,
+                cache_failures=cache_failures,
+                refresh=refresh,
+                runs_dir=runs_dir,
+            )
+        )
+        self.capabilities = inner.capabilities  # type: ignore[misc]
+
+    @property
+    def inner(self) -> Backend[Any]:
+        """The backend that runs the misses."""
+        return self._inner
+
+    @property
+    def store(self) -> CacheStore:
+        """Where entries are recorded."""
+        return self._store
+
+    async def key(self, job: Job) -> str:
+        """The cache key of ``job`` on this backend (reads the job's input files)."""
+        fields = await self._inner.cache_fields()
+        return await anyio.to_thread.run_sync(self._key, job, fields, self.config.cache_version)
+
+    async def submit(self, job: Job, *, refresh: bool | None = None) -> CachedRunHandle:
+        """A finished handle on a hit; else the shared run of the key, or a new one.
+
+        ``refresh`` (default: the config's) runs the job even when recorded, and the
+        new result replaces the entry.
+        """
+        refresh = self.config.refresh if refresh is None else refresh
+        key = await self.key(job)
+        if not refresh:
+            hit = await anyio.to_thread.run_sync(self._restore, key, job)
+            if hit is not None:
+                return hit
+        location = str(self._store.location)
+        shared = _SHARED.get((location, key))
+        if shared is not None:
+            return self._wrap(job, key, shared.inner, shared.owner, replace=refresh)
+        owner = new_owner()
+        delay = 0.02
+        while True:
+            claim = await anyio.to_thread.run_sync(self._store.claim, key, owner)
+            if claim is None:
+                break
+            if claim.record is not None:
+                return await self._attach(job, key, claim, replace=refresh)
+            if not owner_alive(claim.owner) or time.time() - claim.claimed > PENDING_LIMIT:
+                if await anyio.to_thread.run_sync(self._store.steal, key, claim, owner):
+                    break
+                continue
+            if not refresh:  # the other run may have ended and been recorded meanwhile
+                hit = await anyio.to_thread.run_sync(self._restore, key, job)
+                if hit is not None:
+                    return hit
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+        if not refresh:  # recorded between our look and our claim
+            hit = await anyio.to_thread.run_sync(self._restore, key, job)
+            if hit is not None:
+                await anyio.to_thread.run_sync(self._store.release, key, owner)
+                return hit
+        try:
+            inner = await self._inner.submit(job)
+            await anyio.to_thread.run_sync(self._store.set_record, key, owner, inner.to_record())
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._store.release, key, owner)
+            raise
+        _SHARED[(location, key)] = _Shared(inner, owner)
+        return self._wrap(job, key, inner, owner, replace=refresh)
+
+    async def _attach(self, job: Job, key: str, claim: Claim, *, replace: bool) -> CachedRunHandle:
+        """Share another process's run of ``key`` through its saved handle record."""
+        from ..registry import handle_from_record
+
+        assert claim.record is not None
+        inner = handle_from_record(claim.record)
+        await inner.refresh()
+        return self._wrap(job, key, inner, claim.owner, replace=replace)
+
+    def _wrap(
+        self, job: Job, key: str, inner: RunHandle, owner: str, *, replace: bool
+    ) -> CachedRunHandle:
+        return CachedRunHandle(
+            run_id=inner.run_id,
+            job=job,
+            config=self.config,
+            store=self._store,
+            key=key,
+            run_dir=inner.run_dir,
+            inner=inner,
+            owner=owner,
+            replace=replace,
+        )
+
+    def _runs_dir(self) -> Path:
+        configured = self.config.runs_dir or getattr(self._inner.config, "runs_dir", None)
+        return Path(configured or default_runs_dir()).expanduser().absolute()
+
+    def _restore(self, key: str, job: Job) -> CachedRunHandle | None:
+        """A finished handle with the entry's files in a new run folder, or None."""
+        store = self._store
+        entry = store.get(key)
+        if entry is None:
+            return None
+        if not all(store.blobs.intact(f.digest, f.size, f.mtime_ns) for f in entry.files):
+            store.delete(key)  # a blob went missing or was changed on disk: a miss
+            return None
+        run_id = new_run_id(job.name)
+        run_dir = make_run_dir(self._runs_dir(), run_id)
+        for stored in entry.files:
+            store.blobs.restore(stored.digest, run_dir / stored.path)
+        result = _absolute(entry.result, run_id, run_dir)
+        handle = CachedRunHandle(
+            run_id=run_id,
+            job=job,
+            config=self.config,
+            store=store,
+            key=key,
+            run_dir=run_dir,
+            hit=result,
+        )
+        write_record(run_dir / "handle.json", handle.to_record(), sync=False)
+        return handle
+
+
+def _relative(result: RunResult, run_dir: Path | None) -> tuple[dict[str, Any], list[Path]]:
+    """The result as JSON with paths relative to the run folder, and the files to keep."""
+    data = result.model_dump(mode="json")
+    files: list[Path] = []
+
+    def rel(path: Path | None) -> str | None:
+        if path is None or run_dir is None or not path.is_file():
+            return None
+        try:
+            relative = path.resolve().relative_to(run_dir.resolve())
+        except ValueError:
+            return None
+        files.append(path)
+        return relative.as_posix()
+
+    data["stdout"] = rel(result.stdout)
+    data["stderr"] = rel(result.stderr)
+    data["outputs"] = [r for r in (rel(p) for p in result.outputs) if r is not None]
+    return data, files
+
+
+def _absolute(data: dict[str, Any], run_id: str, run_dir: Path) -> RunResult:
+    """A recorded result in a new run folder."""
+    fixed = dict(data)
+    fixed["run_id"] = run_id
+    for stream in ("stdout", "stderr"):
+        fixed[stream] = None if data.get(stream) is None else run_dir / data[stream]
+    fixed["outputs"] = [run_dir / p for p in data.get("outputs", [])]
+    return RunResult.model_validate(fixed)
+
+
+class CachedRunHandle(RunHandle):
+    """A hit (finished at once), or a run shared by every submission of its key."""
+
+    backend_type: ClassVar[str] = "cached"
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        job: Job,
+        config: CachedConfig,
+        store: CacheStore,
+        key: str,
+        run_dir: Path | None,
+        inner: RunHandle | None = None,
+        owner: str = "",
+        replace: bool = False,
+        hit: RunResult | None = None,
+    ) -> None:
+        state = hit.state if hit is not None else (inner.state if inner else RunState.LOST)
+        super().__init__(run_id=run_id, job=job, config=config, state=state, run_dir=run_dir)
+        self._cached = config
+        self._store = store
+        self._key = key
+        self._inner = inner
+        self._owner = owner
+        self._replace = replace
+        if hit is not None:
+            self._result = hit
+
+    @property
+    def key(self) -> str:
+        """The cache key of the run's job."""
+        return self._key
+
+    @property
+    def hit(self) -> bool:
+        """True when the result came from the cache (nothing ran)."""
+        return self._inner is None
+
+    @property
+    def inner(self) -> RunHandle | None:
+        """The inner backend's handle of the run (None for a hit)."""
+        return self._inner
+
+    async def _conclude(self, result: RunResult) -> None:
+        """Record the ended run (when it is worth keeping), release the claim, finish."""
+        keep = result.ok or (self._cached.cache_failures and result.state is not RunState.LOST)
+        if keep:
+            await anyio.to_thread.run_sync(self._record, result)
+        await anyio.to_thread.run_sync(self._store.release, self._key, self._owner)
+        location = (str(self._store.location), self._key)
+        shared = _SHARED.get(location)
+        if shared is not None and shared.inner is self._inner:
+            del _SHARED[location]
+        self._finish(result)
+
+    def _record(self, result: RunResult) -> None:
+        data, files = _relative(result, self.run_dir)
+        stored = []
+        for path in files:
+            digest, size, mtime_ns = self._store.blobs.put(path)
+            assert self.run_dir is not None
+            relative = path.resolve().relative_to(self.run_dir.resolve()).as_posix()
+            stored.append(StoredFile(relative, digest, size, mtime_ns))
+        entry = CacheEntry(
+            key=self._key,
+            backend=self._cached.backend.type,
+            name=self._job.name,
+            result=data,
+            files=stored,
+        )
+        self._store.put(entry, replace=self._replace)
+
+    async def refresh(self) -> RunState:
+        """The inner run's state; once it ended, it is recorded (see :meth:`_conclude`)."""
+        if self._result is not None or self._inner is None:
+            return self._state
+        state = await self._inner.refresh()
+        if state.is_terminal:
+            assert self._inner.last_result is not None
+            await self._conclude(self._inner.last_result)
+        else:
+            self._set_state(state)
+        return self._state
+
+    async def _wait_done(self) -> RunResult:
+        if self._result is None:
+            assert self._inner is not None
+            await self._conclude(await self._inner.wait())
+        assert self._result is not None
+        return self._result
+
+    async def cancel(self) -> None:
+        """Cancel the inner run (every handle sharing it sees it end); a hit: nothing."""
+        with anyio.CancelScope(shield=True):
+            if self._inner is None or self._result is not None:
+                return
+            await self._inner.cancel()
+            await self.refresh()
+
+    async def logs(
+        self, stream: Stream = "stdout", *, follow: bool = False
+    ) -> AsyncGenerator[str, None]:
+        """The inner run's lines; for a hit, the restored files'."""
+        if stream not in ("stdout", "stderr"):
+            raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
+        if self._inner is not None:
+            async for line in self._inner.logs(stream, follow=follow):
+                yield line
+            return
+        assert self._result is not None
+        path = self._result.stdout if stream == "stdout" else self._result.stderr
+        if path is not None:
+            async for line in tail_lines(path, follow=False, wait_more=_ended):
+                yield line
+
+    def _record_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "key": self._key,
+            "store": self._store.spec(),
+            "run_dir": None if self.run_dir is None else str(self.run_dir),
+            "owner": self._owner,
+            "replace": self._replace,
+        }
+        if self._inner is None:
+            assert self._result is not None
+            data["hit"] = self._result.model_dump(mode="json")
+        else:
+            data["inner"] = self._inner.to_record()
+        return data
+
+    @classmethod
+    def _from_record(
+        cls, run_id: str, job: Job, config: BackendConfig, data: dict[str, Any]
+    ) -> CachedRunHandle:
+        from ..registry import handle_from_record
+
+        if not isinstance(config, CachedConfig):
+            raise TypeError(f"expected a CachedConfig, got {type(config).__name__}")
+        spec = data["store"]
+        store = store_from_spec(str(spec["type"]), Path(spec["path"]))
+        run_dir = None if data.get("run_dir") is None else Path(data["run_dir"])
+        common: dict[str, Any] = {
+            "run_id": run_id,
+            "job": job,
+            "config": config,
+            "store": store,
+            "key": str(data["key"]),
+            "run_dir": run_dir,
+            "owner": str(data.get("owner", "")),
+            "replace": bool(data.get("replace", False)),
+        }
+        if "hit" in data:
+            return cls(**common, hit=RunResult.model_validate(data["hit"]))
+        return cls(**common, inner=handle_from_record(data["inner"]))
+
+
+async def _ended() -> bool:
+    return True

@@ -1,0 +1,154 @@
+"""A store of plain files: one JSON file per entry and per claim, blobs beside them.
+
+Every write is a temporary file renamed into place (entries) or an exclusive create
+(claims), so readers never see half a file and a crash loses nothing recorded.
+An entry's last use is its file's mtime. Suited to small caches and shared
+filesystems; the SQLite store is faster with many entries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .._files import write_atomic
+from .store import CacheEntry, CacheStore, Claim
+
+
+class DirectoryStore(CacheStore):
+    """Cache entries as files under ``root`` (``entries/``, ``inflight/``, ``blobs/``)."""
+
+    kind: ClassVar[str] = "directory"
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser()
+        super().__init__(self.root / "blobs")
+
+    @property
+    def location(self) -> Path:
+        """The store's folder."""
+        return self.root
+
+    def __repr__(self) -> str:
+        return f"DirectoryStore({str(self.root)!r})"
+
+    def _entry_path(self, key: str) -> Path:
+        return self.root / "entries" / key[:2] / f"{key}.json"
+
+    def _claim_path(self, key: str) -> Path:
+        return self.root / "inflight" / f"{key}.json"
+
+    # -- entries -------------------------------------------------------------------
+
+    def _read(self, path: Path) -> CacheEntry | None:
+        try:
+            data = json.loads(path.read_text())
+            entry = CacheEntry.from_json(data)
+            entry.last_used = path.stat().st_mtime
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+        return entry
+
+    def get(self, key: str, *, touch: bool = True) -> CacheEntry | None:
+        """The entry for ``key``; ``touch`` sets its file's mtime (its last use)."""
+        path = self._entry_path(key)
+        entry = self._read(path)
+        if entry is not None and touch:
+            with contextlib.suppress(OSError):
+                os.utime(path)
+            entry.last_used = time.time()
+        return entry
+
+    def put(self, entry: CacheEntry, *, replace: bool = False) -> bool:
+        """Write the entry's file atomically; the first one wins unless ``replace``."""
+        path = self._entry_path(entry.key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = json.dumps(entry.to_json()).encode()
+        if replace:
+            write_atomic(path, data)
+            return True
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        try:
+            os.link(tmp, path)  # fails if an entry exists: the first recording wins
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink()
+        return True
+
+    def delete(self, key: str) -> bool:
+        """Remove the entry's file."""
+        try:
+            self._entry_path(key).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def entries(self) -> list[CacheEntry]:
+        """Every entry, least recently used first."""
+        found = [self._read(p) for p in self.root.glob("entries/??/*.json")]
+        entries = [e for e in found if e is not None]
+        return sorted(entries, key=lambda e: (e.last_used, e.key))
+
+    def referenced(self) -> set[str]:
+        """Digests some entry uses."""
+        return {f.digest for entry in self.entries() for f in entry.files}
+
+    # -- claims --------------------------------------------------------------------
+
+    def _read_claim(self, key: str) -> Claim | None:
+        try:
+            data = json.loads(self._claim_path(key).read_text())
+            return Claim(str(data["owner"]), float(data["claimed"]), data.get("record"))
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def claim(self, key: str, owner: str) -> Claim | None:
+        """Create the claim file exclusively; None when it is ours now."""
+        path = self._claim_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        body = json.dumps({"owner": owner, "claimed": time.time(), "record": None}).encode()
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+        tmp.write_bytes(body)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            current = self._read_claim(key)
+            # A claim that vanished between the two looks: try again on the next call.
+            return current or Claim("", 0.0, None)
+        finally:
+            tmp.unlink()
+        return None
+
+    def set_record(self, key: str, owner: str, record: dict[str, Any]) -> None:
+        """Rewrite ``owner``'s claim with the handle record (atomically)."""
+        current = self._read_claim(key)
+        if current is None or current.owner != owner:
+            return
+        body = {"owner": owner, "claimed": current.claimed, "record": record}
+        write_atomic(self._claim_path(key), json.dumps(body).encode())
+
+    def release(self, key: str, owner: str | None = None) -> None:
+        """Remove the claim file (only ``owner``'s, when given)."""
+        current = self._read_claim(key)
+        if current is not None and (owner is None or current.owner == owner):
+            with contextlib.suppress(FileNotFoundError):
+                self._claim_path(key).unlink()
+
+    def steal(self, key: str, old: Claim, owner: str) -> bool:
+        """Replace a dead owner's claim (best effort: files have no compare-and-swap)."""
+        current = self._read_claim(key)
+        if current != old:
+            return False
+        body = {"owner": owner, "claimed": time.time(), "record": None}
+        write_atomic(self._claim_path(key), json.dumps(body).encode())
+        return self._read_claim(key) is not None and self._read_claim(key).owner == owner  # type: ignore[union-attr]
+
+    def claims(self) -> int:
+        """How many claim files there are."""
+        return len(list(self.root.glob("inflight/*.json")))
