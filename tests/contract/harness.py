@@ -17,6 +17,8 @@ from typing import Any
 
 from tether import (
     Backend,
+    CachedBackend,
+    CachedRunHandle,
     DockerConfig,
     DockerRunHandle,
     DummyConfig,
@@ -25,6 +27,7 @@ from tether import (
     LocalConfig,
     LocalRunHandle,
     RunHandle,
+    SQLiteStore,
 )
 from tether._proc import is_running, session_members
 
@@ -204,10 +207,46 @@ class DockerHarness(LocalHarness):
         assert status == 204, info
 
 
+class CachedHarness(Harness):
+    """A backend wrapped in CachedBackend (SQLite store in the test's folder): every
+    contract test is a miss, run by the inner backend and shared through the store."""
+
+    inner: type[Harness]
+
+    def __init__(self, runs_dir: Path) -> None:
+        super().__init__(runs_dir)
+        self.wrapped = self.inner(runs_dir)
+
+    def make(self, **behaviour):  # type: ignore[no-untyped-def]
+        backend, job = self.wrapped.make(**behaviour)
+        store = SQLiteStore(self.runs_dir.parent / "cache.sqlite")
+        return CachedBackend(backend, store), job
+
+    def assert_nothing_running(self, handle: RunHandle) -> None:
+        assert isinstance(handle, CachedRunHandle) and handle.inner is not None
+        self.wrapped.assert_nothing_running(handle.inner)
+
+    def lose(self, handle: RunHandle) -> None:
+        assert isinstance(handle, CachedRunHandle) and handle.inner is not None
+        self.wrapped.lose(handle.inner)
+
+
+class CachedLocalHarness(CachedHarness):
+    name = "cached-local"
+    inner = LocalHarness
+
+
+class CachedDummyHarness(CachedHarness):
+    name = "cached-dummy"
+    inner = DummyHarness
+
+
 HARNESSES: dict[str, type[Harness]] = {
     "local": LocalHarness,
     "local-python": PythonSupervisorHarness,
     "dummy": DummyHarness,
     "docker": DockerHarness,
+    "cached-local": CachedLocalHarness,
+    "cached-dummy": CachedDummyHarness,
     "nohup": NohupHarness,
 }
