@@ -18,9 +18,12 @@ from .services import docker_engine, docker_service  # noqa: F401  (real Docker 
 
 @pytest.fixture(autouse=True)
 def tether_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own state folder (runs go there unless a config says else)."""
+    """Every test gets its own state folder (runs go there unless a config says else)
+    and its own default cache store."""
     home = tmp_path / "tether-home"
     monkeypatch.setenv("TETHER_HOME", str(home))
+    # The default cache store too (not XDG_CACHE_HOME: the compiled supervisor lives there).
+    monkeypatch.setenv("TETHER_CACHE_STORE", str(tmp_path / "tether-cache.sqlite"))
     return home
 
 

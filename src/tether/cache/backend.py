@@ -25,7 +25,15 @@ from typing import Any, ClassVar, Literal
 
 import anyio
 import anyio.to_thread
-from pydantic import ConfigDict, Field, SerializeAsAny, ValidationInfo, field_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    SecretStr,
+    SerializeAsAny,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .. import _plugins, _proc
 from .._files import cache_home, default_runs_dir
@@ -132,7 +140,40 @@ class CachedConfig(BackendConfig):
         examples=["~/tether-runs"],
     )
 
+    timeout: int = Field(
+        3600,
+        ge=60,
+        le=86400,
+        description="Not used by the wrapper: set the timeout in 'backend'.",
+        examples=[3600],
+    )
+    env_vars: dict[str, str | SecretStr] = Field(
+        default_factory=dict,
+        description="Not used by the wrapper: set environment variables in 'backend'.",
+        examples=[{}],
+    )
+    working_dir: Path | None = Field(
+        None,
+        description="Not used by the wrapper: set working_dir in 'backend'.",
+        examples=[None],
+    )
+
     preference: ClassVar[int] = 900  # a wrapper: never recommended on its own
+
+    @model_validator(mode="after")
+    def _settings_belong_inside(self) -> CachedConfig:
+        moved = [f for f in ("timeout", "env_vars", "working_dir") if f in self.model_fields_set]
+        moved = [
+            f
+            for f in moved
+            if getattr(self, f) != type(self).model_fields[f].get_default(call_default_factory=True)
+        ]
+        if moved:
+            raise ValueError(
+                f"{', '.join(moved)} of a cached backend go inside 'backend' (the wrapper "
+                "runs nothing itself)"
+            )
+        return self
 
     @field_validator("backend", mode="before")
     @classmethod

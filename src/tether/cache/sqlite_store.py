@@ -8,6 +8,7 @@ transaction, so a process killed mid-write leaves the old state or the new one.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -215,7 +216,11 @@ class SQLiteStore(CacheStore):
 
 
 def default_path() -> Path:
-    """``$XDG_CACHE_HOME/tether/cache.sqlite`` (``~/.cache/tether/cache.sqlite``)."""
+    """``$TETHER_CACHE_STORE``, else ``$XDG_CACHE_HOME/tether/cache.sqlite``
+    (``~/.cache/tether/cache.sqlite``)."""
+    explicit = os.environ.get("TETHER_CACHE_STORE")
+    if explicit:
+        return Path(explicit).expanduser()
     return cache_home() / "cache.sqlite"
 
 

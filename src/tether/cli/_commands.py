@@ -10,6 +10,7 @@ from pathlib import Path
 import anyio
 
 from ..backends.local import LocalConfig
+from ..cache.backend import CachedConfig, CachedRunHandle
 from ..config import BackendConfig
 from ..errors import ConfigError, RecordError, WaitTimeout
 from ..handle import RunHandle, Stream
@@ -51,12 +52,16 @@ def _stdout(*lines: str) -> None:
     write_lines(sys.stdout, list(lines))
 
 
-def _job_and_config(job_path: Path, config_path: Path | None) -> tuple[Job, BackendConfig]:
-    """The job, and its config: --backend-config > the job file's ``backend:`` > local."""
-    job, config = load_job(job_path)
-    if config_path is not None:
-        config = load_config(config_path)
-    return job, config if config is not None else LocalConfig()
+def _job_and_config(args: argparse.Namespace) -> tuple[Job, BackendConfig]:
+    """The job, and its config: --backend-config > the job file's ``backend:`` > local;
+    wrapped in the cache with ``--cache`` (or ``--cache-store``, ``--refresh``)."""
+    job, config = load_job(args.job)
+    if args.backend_config is not None:
+        config = load_config(args.backend_config)
+    config = config if config is not None else LocalConfig()
+    if args.cache or args.cache_store is not None or args.refresh:
+        config = CachedConfig(backend=config, store_path=args.cache_store, refresh=args.refresh)
+    return job, config
 
 
 async def _submit(job: Job, config: BackendConfig, handle_path: Path | None) -> RunHandle:
@@ -139,7 +144,7 @@ async def run(args: argparse.Namespace) -> int:
 
     With ``--detach``: submit, save the handle and return at once.
     """
-    job, config = _job_and_config(args.job, args.backend_config)
+    job, config = _job_and_config(args)
     handle = await _submit(job, config, args.handle)
     if args.detach:
         return await _detach(handle, args.handle, as_json=args.json)
@@ -159,13 +164,16 @@ async def run(args: argparse.Namespace) -> int:
         if output:
             sys.stdout.write(output if output.endswith("\n") else output + "\n")
             sys.stdout.flush()
-        _stderr(summary(result, handle.run_dir))
+        line = summary(result, handle.run_dir)
+        if isinstance(handle, CachedRunHandle) and handle.hit:
+            line += f"; from the cache (key {handle.key[:12]}), nothing ran"
+        _stderr(line)
     return exit_code(result.state)
 
 
 async def submit(args: argparse.Namespace) -> int:
     """``tether submit``: submit, save the handle, print the run id."""
-    job, config = _job_and_config(args.job, args.backend_config)
+    job, config = _job_and_config(args)
     handle = await _submit(job, config, args.handle)
     _stdout(handle.run_id)
     return EXIT_OK

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import __version__
-from . import _backends, _commands, _docker, _ls
+from . import _backends, _cache, _commands, _docker, _ls
 
 Command = Callable[[argparse.Namespace], Awaitable[int]]
 
@@ -77,6 +77,26 @@ def _json(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def _cache_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cache",
+        action="store_true",
+        help="reuse the recorded result of an identical earlier run (and record this one)",
+    )
+    parser.add_argument(
+        "--cache-store",
+        type=Path,
+        metavar="DB",
+        help="SQLite cache store to use (implies --cache; default $TETHER_CACHE_STORE, "
+        "else ~/.cache/tether/cache.sqlite)",
+    )
+    parser.add_argument(
+        "--refresh",
+        action="store_true",
+        help="run even if recorded, and replace the recorded result (implies --cache)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``tether`` command."""
     parser = argparse.ArgumentParser(
@@ -108,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="return once the run has started: print its id and handle file, leave it going",
     )
     _json(sub, "the result (with --detach: run id, state and handle file)")
+    _cache_options(sub)
 
     sub = _add(
         commands,
@@ -120,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--handle", type=Path, metavar="H", required=True, help="file to save the handle to"
     )
     sub.add_argument("--backend-config", type=Path, metavar="CFG", help=config_help)
+    _cache_options(sub)
 
     sub = _add(commands, "status", "print the current state of a saved run", _commands.status)
     sub.add_argument("handle", type=Path, metavar="HANDLE", help=handle_help)
@@ -201,6 +223,40 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--format", choices=["json", "yaml"], default="json", help="output format (default json)"
     )
+
+    cache = _add(commands, "cache", "see and trim the cache of recorded runs")
+    verbs = cache.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def store_option(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--store",
+            type=Path,
+            metavar="PATH",
+            help="SQLite file or store folder (default $TETHER_CACHE_STORE, else "
+            "~/.cache/tether/cache.sqlite)",
+        )
+
+    sub = _add(verbs, "stats", "print how many entries and bytes the store holds", _cache.stats)
+    store_option(sub)
+    _json(sub, "the figures")
+    sub = _add(verbs, "ls", "list the entries, least recently used first", _cache.ls)
+    store_option(sub)
+    _json(sub, "the entries")
+    sub = _add(verbs, "show", "print one entry as JSON", _cache.show)
+    sub.add_argument("key", metavar="KEY", help="the entry's key, or a unique prefix of it")
+    store_option(sub)
+    sub = _add(verbs, "clear", "forget every entry and delete every blob", _cache.clear)
+    store_option(sub)
+    sub = _add(
+        verbs,
+        "prune",
+        "drop least recently used entries beyond --max-size; delete unused blobs",
+        _cache.prune,
+    )
+    sub.add_argument(
+        "--max-size", metavar="SIZE", help="keep at most this much (e.g. 10G, 500m, bytes)"
+    )
+    store_option(sub)
 
     docker = _add(commands, "docker", "manage the Docker backend's containers")
     verbs = docker.add_subparsers(dest="verb", required=True, metavar="VERB")
