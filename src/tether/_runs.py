@@ -111,7 +111,7 @@ def last_line(path: Path, limit: int = 4096) -> str:
 
 
 async def tail_lines(
-    path: Path, *, follow: bool, wait_more: Callable[[], Awaitable[bool]]
+    path: Path, *, follow: bool = False, wait_more: Callable[[], Awaitable[bool]] | None = None
 ) -> AsyncIterator[str]:
     """Yield the lines of a growing log file.
 
@@ -138,7 +138,7 @@ async def tail_lines(
             for line in lines:
                 yield line
             continue
-        if ended:
+        if ended or wait_more is None:
             break
         ended = await wait_more()
     buffer += decoder.decode(b"", final=True)

@@ -893,7 +893,7 @@ class DockerRunHandle(RunHandle):
                         return
         # Recorded (now, or while the engine streamed): the run folder has it all.
         index = 0
-        async for line in tail_lines(self._dir / stream, follow=False, wait_more=_never):
+        async for line in tail_lines(self._dir / stream):
             index += 1
             if index > seen:
                 yield line
@@ -935,7 +935,3 @@ def _lines(text: str) -> list[str]:
     if lines and lines[-1] == "":
         lines.pop()
     return lines
-
-
-async def _never() -> bool:
-    return True

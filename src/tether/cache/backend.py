@@ -548,7 +548,7 @@ class CachedRunHandle(RunHandle):
         assert self._result is not None
         path = self._result.stdout if stream == "stdout" else self._result.stderr
         if path is not None:
-            async for line in tail_lines(path, follow=False, wait_more=_ended):
+            async for line in tail_lines(path):
                 yield line
 
     def _record_data(self) -> dict[str, Any]:
@@ -590,7 +590,3 @@ class CachedRunHandle(RunHandle):
         if "hit" in data:
             return cls(**common, hit=RunResult.model_validate(data["hit"]))
         return cls(**common, inner=handle_from_record(data["inner"]))
-
-
-async def _ended() -> bool:
-    return True
