@@ -316,3 +316,27 @@ def test_the_docker_examples_run(cli: CLI) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("hello from tether\n")
+
+
+@pytest.mark.asyncio
+async def test_observers_racing_to_record_the_end_agree(tmp_path: Path) -> None:
+    """A waiter and refreshers (as in `tether run`) all see the end; one records it."""
+    backend = config(tmp_path).create()
+    for _ in range(5):
+        handle = await backend.submit(Job(command="echo raced; exit 3"))
+        reloaded = await tether.load_handle(await handle.save(tmp_path / "h.json"))
+
+        async def poll(h: tether.RunHandle) -> RunState:
+            while not (await h.refresh()).is_terminal:  # noqa: ASYNC110 (polling is the test)
+                await anyio.sleep(0.005)
+            return h.state
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(handle.wait)
+            tg.start_soon(poll, handle)
+            tg.start_soon(poll, reloaded)
+        for h in (handle, reloaded):
+            result = await h.wait()
+            assert result.state is RunState.FAILED and result.exit_code == 3
+            assert await result.read_stdout() == "raced\n"
+        assert inspect(handle.container_id) is None

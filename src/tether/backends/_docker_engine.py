@@ -203,14 +203,16 @@ async def remove(client: aiodocker.Docker, container_id: str, *, force: bool = F
 
 
 async def read_logs(client: aiodocker.Docker, container_id: str, stream: str) -> str | None:
-    """The whole stdout or stderr the engine kept, or None when the container is gone."""
+    """The whole stdout or stderr the engine kept, or None when the container is gone
+    (or going)."""
     import aiodocker
 
     container = client.containers.container(container_id)
     try:
         chunks = await container.log(stdout=stream == "stdout", stderr=stream == "stderr")
     except aiodocker.DockerError as exc:
-        if is_not_found(exc):
+        # 409: being removed, by whoever recorded the end first; it is theirs to keep.
+        if is_not_found(exc) or exc.status == 409:
             return None
         raise
     return "".join(chunks)
