@@ -97,7 +97,8 @@ def load_config(path: str | Path, *, backend_type: str | None = None) -> Backend
     """
     path = Path(path)
     data, lines = read_mapping(path, "Backend config")
-    data = _resolved(data, path, lines, (("env_vars",),))
+    # A cached config holds its inner backend's env_vars one level down.
+    data = _resolved(data, path, lines, (("env_vars",), ("backend", "env_vars")))
     if backend_type is not None:
         given = data.get("type")
         if given is None:
@@ -121,7 +122,9 @@ def load_job(path: str | Path) -> tuple[Job, BackendConfig | None]:
     """
     path = Path(path)
     data, lines = read_mapping(path, "Job")
-    data = _resolved(data, path, lines, (("env",), ("backend", "env_vars")))
+    data = _resolved(
+        data, path, lines, (("env",), ("backend", "env_vars"), ("backend", "backend", "env_vars"))
+    )
     backend = data.pop("backend", None)
     config = None
     if backend is not None:

@@ -17,6 +17,14 @@ import time
 from pathlib import Path
 
 
+def _digest_of(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
 class BlobDir:
     """A folder of content-addressed, read-only files."""
 
@@ -42,9 +50,9 @@ class BlobDir:
             name = digest.hexdigest()
             target = self.path(name)
             target.parent.mkdir(exist_ok=True)
-            if target.exists():
+            if target.exists() and _digest_of(target) == name:
                 os.unlink(tmp)  # the same content is stored already
-            else:
+            else:  # new, or changed on disk since (a restored hard link was edited)
                 os.chmod(tmp, 0o444)
                 os.replace(tmp, target)
         except BaseException:

@@ -175,6 +175,20 @@ class CachedConfig(BackendConfig):
             )
         return self
 
+    @field_validator("store")
+    @classmethod
+    def _store_kind(cls, kind: str) -> str:
+        plugins = _plugins.discover(_plugins.STORES)
+        if kind not in plugins.found:
+            why = plugins.broken.get(kind)
+            known = ", ".join(sorted(plugins.found)) or "none"
+            raise ValueError(
+                f"cache store {kind!r} failed to load: {why}"
+                if why
+                else f"unknown cache store {kind!r}; known stores: {known}"
+            )
+        return kind
+
     @field_validator("backend", mode="before")
     @classmethod
     def _inner(cls, value: Any, info: ValidationInfo) -> Any:
@@ -314,7 +328,10 @@ class CachedBackend(Backend[CachedConfig]):
         location = str(self._store.location)
         shared = _SHARED.get((location, key))
         if shared is not None:
-            return self._wrap(job, key, shared.inner, shared.owner, replace=refresh)
+            if not (await shared.inner.refresh()).is_terminal:
+                return self._wrap(job, key, shared.inner, shared.owner, replace=refresh)
+            # Ended, and concluded by another handle (reloaded, or in another process).
+            _SHARED.pop((location, key), None)
         owner = new_owner()
         delay = 0.02
         while True:
@@ -487,7 +504,7 @@ class CachedRunHandle(RunHandle):
         await anyio.to_thread.run_sync(self._store.release, self._key, self._owner)
         location = (str(self._store.location), self._key)
         shared = _SHARED.get(location)
-        if shared is not None and shared.inner is self._inner:
+        if shared is not None and shared.inner.run_id == result.run_id:
             del _SHARED[location]
         self._finish(result)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -54,13 +55,15 @@ class DirectoryStore(CacheStore):
         return entry
 
     def get(self, key: str, *, touch: bool = True) -> CacheEntry | None:
-        """The entry for ``key``; ``touch`` sets its file's mtime (its last use)."""
+        """The entry for ``key``; ``touch`` counts a hit and makes it the most recently
+        used (its file is rewritten, so its mtime is the last use)."""
         path = self._entry_path(key)
         entry = self._read(path)
         if entry is not None and touch:
-            with contextlib.suppress(OSError):
-                os.utime(path)
+            entry.hits += 1
             entry.last_used = time.time()
+            with contextlib.suppress(OSError):
+                write_atomic(path, json.dumps(entry.to_json()).encode())
         return entry
 
     def put(self, entry: CacheEntry, *, replace: bool = False) -> bool:
@@ -71,14 +74,17 @@ class DirectoryStore(CacheStore):
         if replace:
             write_atomic(path, data)
             return True
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
             os.link(tmp, path)  # fails if an entry exists: the first recording wins
         except FileExistsError:
-            return False
+            if self._read(path) is not None:
+                return False
+            write_atomic(path, data)  # the existing file is unreadable: replace it
         finally:
-            tmp.unlink()
+            os.unlink(tmp)
         return True
 
     def delete(self, key: str) -> bool:
@@ -113,8 +119,9 @@ class DirectoryStore(CacheStore):
         path = self._claim_path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         body = json.dumps({"owner": owner, "claimed": time.time(), "record": None}).encode()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-        tmp.write_bytes(body)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(body)
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -122,7 +129,7 @@ class DirectoryStore(CacheStore):
             # A claim that vanished between the two looks: try again on the next call.
             return current or Claim("", 0.0, None)
         finally:
-            tmp.unlink()
+            os.unlink(tmp)
         return None
 
     def set_record(self, key: str, owner: str, record: dict[str, Any]) -> None:
