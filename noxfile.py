@@ -48,6 +48,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "bench/local_throughput.py", *session.posargs)
     session.run("python", "bench/wait_overhead.py")
     session.run("python", "bench/docker_latency.py")
+    session.run("python", "bench/cache_bench.py")
 
 
 @nox.session(python=False)

@@ -36,31 +36,34 @@ class BlobDir:
         return self.root / digest[:2] / digest
 
     def put(self, source: Path) -> tuple[str, int, int]:
-        """Store a copy of ``source``; return (digest, size, mtime_ns) of the blob."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Store a copy of ``source``; return (digest, size, mtime_ns) of the blob.
+
+        Content already stored (and intact) is not written again: no copy, no fsync.
+        """
+        name = _digest_of(source)
+        if name is None:
+            raise FileNotFoundError(f"cannot read '{source}' to store it")
+        target = self.path(name)
+        if not (target.exists() and _digest_of(target) == name):
+            # New, or changed on disk since it was stored (a restored hard link edited).
+            self._write(source, target)
+        info = target.stat()
+        return name, info.st_size, info.st_mtime_ns
+
+    def _write(self, source: Path, target: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".blob.", suffix=".tmp")
         try:
-            digest = hashlib.sha256()
             with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
-                while chunk := src.read(1 << 20):
-                    digest.update(chunk)
-                    dst.write(chunk)
+                shutil.copyfileobj(src, dst, 1 << 20)
                 dst.flush()
                 os.fsync(dst.fileno())
-            name = digest.hexdigest()
-            target = self.path(name)
-            target.parent.mkdir(exist_ok=True)
-            if target.exists() and _digest_of(target) == name:
-                os.unlink(tmp)  # the same content is stored already
-            else:  # new, or changed on disk since (a restored hard link was edited)
-                os.chmod(tmp, 0o444)
-                os.replace(tmp, target)
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, target)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        info = target.stat()
-        return name, info.st_size, info.st_mtime_ns
 
     def intact(self, digest: str, size: int, mtime_ns: int) -> bool:
         """True when the blob exists unchanged since it was recorded."""

@@ -320,11 +320,11 @@ class CachedBackend(Backend[CachedConfig]):
         new result replaces the entry.
         """
         refresh = self.config.refresh if refresh is None else refresh
-        key = await self.key(job)
-        if not refresh:
-            hit = await anyio.to_thread.run_sync(self._restore, key, job)
-            if hit is not None:
-                return hit
+        fields = await self._inner.cache_fields()
+        # One worker-thread hop for the key (reads inputs) and the look-up.
+        key, hit = await anyio.to_thread.run_sync(self._key_and_hit, job, fields, refresh)
+        if hit is not None:
+            return hit
         location = str(self._store.location)
         shared = _SHARED.get((location, key))
         if shared is not None:
@@ -364,6 +364,12 @@ class CachedBackend(Backend[CachedConfig]):
             raise
         _SHARED[(location, key)] = _Shared(inner, owner)
         return self._wrap(job, key, inner, owner, replace=refresh)
+
+    def _key_and_hit(
+        self, job: Job, fields: dict[str, Any], refresh: bool
+    ) -> tuple[str, CachedRunHandle | None]:
+        key = self._key(job, fields, self.config.cache_version)
+        return key, None if refresh else self._restore(key, job)
 
     async def _attach(self, job: Job, key: str, claim: Claim, *, replace: bool) -> CachedRunHandle:
         """Share another process's run of ``key`` through its saved handle record."""

@@ -32,11 +32,9 @@ CACHE_FORMAT = 1
 #: The signature of a key function: job, the backend's cache fields, cache_version.
 KeyFunction = Callable[[Job, dict[str, Any], str], str]
 
-_CHUNK = 1 << 20
-
 
 def file_digest(path: Path) -> str:
-    """SHA-256 of a file's bytes, read in 1 MiB chunks (hashlib releases the GIL)."""
+    """SHA-256 of a file's bytes (``hashlib.file_digest``: chunked, GIL released)."""
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 

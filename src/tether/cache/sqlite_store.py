@@ -77,21 +77,42 @@ class SQLiteStore(CacheStore):
     def _connection(self) -> sqlite3.Connection:
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None:
+            connection = self._open()
+            self._local.connection = connection
+        return connection
+
+    def _open(self) -> sqlite3.Connection:
+        """Connect, switch to WAL and create the schema. Switching the journal mode
+        takes a lock SQLite's busy handler does not wait for, so a new file opened by
+        many processes at once is retried here (up to the same 30 s)."""
+        deadline = time.monotonic() + 30.0
+        delay = 0.005
+        while True:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 connection = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-                connection.execute("PRAGMA busy_timeout = 30000")
-                connection.execute("PRAGMA journal_mode = WAL")
-                connection.execute("PRAGMA synchronous = NORMAL")
-                with _transaction(connection):
-                    _create(connection)
-            except sqlite3.DatabaseError as exc:
-                raise ConfigError(
-                    f"Cache store '{self.path}' cannot be opened: {exc}; delete it or "
-                    "choose another path."
-                ) from exc
-            self._local.connection = connection
-        return connection
+                try:
+                    connection.execute("PRAGMA busy_timeout = 30000")
+                    connection.execute("PRAGMA journal_mode = WAL")
+                    connection.execute("PRAGMA synchronous = NORMAL")
+                    with _transaction(connection):
+                        _create(connection)
+                except BaseException:
+                    connection.close()
+                    raise
+                return connection
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise self._unusable(exc) from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 0.25)
+            except (sqlite3.DatabaseError, OSError) as exc:
+                raise self._unusable(exc) from exc
+
+    def _unusable(self, exc: Exception) -> ConfigError:
+        return ConfigError(
+            f"Cache store '{self.path}' cannot be opened: {exc}; delete it or choose another path."
+        )
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
