@@ -71,7 +71,15 @@ def main(argv: list[str]) -> int:
     pid = os.fork()
     if pid == 0:  # the child: only os calls until exec
         try:
-            for signum in (signal.SIGALRM, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            # SIGPIPE/SIGXFSZ too: Python ignores them, and exec keeps ignored signals.
+            for signum in (
+                signal.SIGALRM,
+                signal.SIGTERM,
+                signal.SIGINT,
+                signal.SIGHUP,
+                signal.SIGPIPE,
+                signal.SIGXFSZ,
+            ):
                 signal.signal(signum, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, set())
             os.setpgid(0, 0)

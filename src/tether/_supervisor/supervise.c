@@ -155,6 +155,10 @@ int main(int argc, char **argv) {
         sigaction(SIGTERM, &dfl, NULL);
         sigaction(SIGINT, &dfl, NULL);
         sigaction(SIGHUP, &dfl, NULL);
+        /* Python ignores these and exec keeps ignored signals: give the command the
+           defaults, so `producer | head` ends the producer as in a shell. */
+        sigaction(SIGPIPE, &dfl, NULL);
+        sigaction(SIGXFSZ, &dfl, NULL);
         sigprocmask(SIG_SETMASK, &none, NULL);
         setpgid(0, 0);
         if (capture) { dup2(out, 1); dup2(err, 2); }

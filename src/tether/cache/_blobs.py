@@ -59,11 +59,16 @@ class BlobDir:
                 dst.flush()
                 os.fsync(dst.fileno())
             os.chmod(tmp, 0o444)
-            os.replace(tmp, target)
-        except BaseException:
+            try:
+                # Publish only if nobody else did meanwhile: a blob another writer
+                # just recorded (with its mtime) must stay the same file.
+                os.link(tmp, target)
+            except FileExistsError:
+                if _digest_of(target) != target.name:  # changed on disk: replace it
+                    os.replace(tmp, target)
+        finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            raise
 
     def intact(self, digest: str, size: int, mtime_ns: int) -> bool:
         """True when the blob exists unchanged since it was recorded."""

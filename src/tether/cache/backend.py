@@ -339,7 +339,10 @@ class CachedBackend(Backend[CachedConfig]):
             if claim is None:
                 break
             if claim.record is not None:
-                return await self._attach(job, key, claim, replace=refresh)
+                attached = await self._attach(job, key, claim, replace=refresh)
+                if attached is not None:
+                    return attached
+                continue  # that run had ended; it is concluded now: look again
             if not owner_alive(claim.owner) or time.time() - claim.claimed > PENDING_LIMIT:
                 if await anyio.to_thread.run_sync(self._store.steal, key, claim, owner):
                     break
@@ -371,14 +374,24 @@ class CachedBackend(Backend[CachedConfig]):
         key = self._key(job, fields, self.config.cache_version)
         return key, None if refresh else self._restore(key, job)
 
-    async def _attach(self, job: Job, key: str, claim: Claim, *, replace: bool) -> CachedRunHandle:
-        """Share another process's run of ``key`` through its saved handle record."""
+    async def _attach(
+        self, job: Job, key: str, claim: Claim, *, replace: bool
+    ) -> CachedRunHandle | None:
+        """Share another process's run of ``key`` through its saved handle record.
+
+        None when that run has ended already (its owner died before concluding it,
+        or is concluding it now): it is concluded here (recorded if worth it, claim
+        released), and the caller looks again, for a hit or a claim of its own.
+        """
         from ..registry import handle_from_record
 
         assert claim.record is not None
         inner = handle_from_record(claim.record)
-        await inner.refresh()
-        return self._wrap(job, key, inner, claim.owner, replace=replace)
+        handle = self._wrap(job, key, inner, claim.owner, replace=False)
+        if (await handle.refresh()).is_terminal:
+            return None
+        handle._replace = replace
+        return handle
 
     def _wrap(
         self, job: Job, key: str, inner: RunHandle, owner: str, *, replace: bool
@@ -505,9 +518,10 @@ class CachedRunHandle(RunHandle):
     async def _conclude(self, result: RunResult) -> None:
         """Record the ended run (when it is worth keeping), release the claim, finish."""
         keep = result.ok or (self._cached.cache_failures and result.state is not RunState.LOST)
-        if keep:
+        if keep:  # recording also releases the claim
             await anyio.to_thread.run_sync(self._record, result)
-        await anyio.to_thread.run_sync(self._store.release, self._key, self._owner)
+        else:
+            await anyio.to_thread.run_sync(self._store.release, self._key, self._owner)
         location = (str(self._store.location), self._key)
         shared = _SHARED.get(location)
         if shared is not None and shared.inner.run_id == result.run_id:
@@ -529,7 +543,7 @@ class CachedRunHandle(RunHandle):
             result=data,
             files=stored,
         )
-        self._store.put(entry, replace=self._replace)
+        self._store.put(entry, replace=self._replace, owner=self._owner)
 
     async def refresh(self) -> RunState:
         """The inner run's state; once it ended, it is recorded (see :meth:`_conclude`)."""

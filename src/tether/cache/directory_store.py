@@ -66,8 +66,15 @@ class DirectoryStore(CacheStore):
                 write_atomic(path, json.dumps(entry.to_json()).encode())
         return entry
 
-    def put(self, entry: CacheEntry, *, replace: bool = False) -> bool:
-        """Write the entry's file atomically; the first one wins unless ``replace``."""
+    def put(self, entry: CacheEntry, *, replace: bool = False, owner: str | None = None) -> bool:
+        """Write the entry's file atomically; the first one wins unless ``replace``.
+        ``owner``'s claim is dropped right after (files have no transactions)."""
+        recorded = self._put(entry, replace=replace)
+        if owner is not None:
+            self.release(entry.key, owner)
+        return recorded
+
+    def _put(self, entry: CacheEntry, *, replace: bool) -> bool:
         path = self._entry_path(entry.key)
         path.parent.mkdir(parents=True, exist_ok=True)
         data = json.dumps(entry.to_json()).encode()

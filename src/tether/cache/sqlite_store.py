@@ -137,10 +137,13 @@ class SQLiteStore(CacheStore):
             ).fetchone()
         return None if row is None else _entry(row)
 
-    def put(self, entry: CacheEntry, *, replace: bool = False) -> bool:
-        """Record ``entry`` in one transaction; the first recording wins unless ``replace``."""
+    def put(self, entry: CacheEntry, *, replace: bool = False, owner: str | None = None) -> bool:
+        """Record ``entry`` (and drop ``owner``'s claim) in one transaction; the first
+        recording wins unless ``replace``."""
         data = json.dumps({"result": entry.result, "files": [vars(f) for f in entry.files]})
         with self._write() as db:
+            if owner is not None:
+                db.execute("DELETE FROM inflight WHERE key = ? AND owner = ?", (entry.key, owner))
             exists = db.execute("SELECT 1 FROM entries WHERE key = ?", (entry.key,)).fetchone()
             if exists and not replace:
                 return False

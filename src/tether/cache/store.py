@@ -117,9 +117,11 @@ class CacheStore(ABC):
         """The entry for ``key``; ``touch`` marks it used (LRU) and counts a hit."""
 
     @abstractmethod
-    def put(self, entry: CacheEntry, *, replace: bool = False) -> bool:
+    def put(self, entry: CacheEntry, *, replace: bool = False, owner: str | None = None) -> bool:
         """Record ``entry`` (its blobs must be stored already); False if one existed and
-        ``replace`` is off: the first recording wins."""
+        ``replace`` is off: the first recording wins. With ``owner``, drop that owner's
+        claim on the key too, in the same step where the store can (a recorder killed
+        right after recording must not leave its claim behind)."""
 
     @abstractmethod
     def delete(self, key: str) -> bool:
