@@ -101,9 +101,16 @@ def test_field_examples_validate_in_some_class_example(
 
 def test_schema_and_record_hold_no_secret_values(config_cls: type[BackendConfig]) -> None:
     first = _class_examples(config_cls)[0]
-    config = config_cls.model_validate({**first, "env_vars": {"K": SecretStr(SECRET)}})
-    assert config.resolved_env()["K"] == SECRET  # the value is there, just never shown
-    record = config.to_record()
+    secret_env = {"env_vars": {"K": SecretStr(SECRET)}}
+    if "backend" in first:  # a wrapper (cached): the inner backend holds the environment
+        config = config_cls.model_validate({**first, "backend": {**first["backend"], **secret_env}})
+        inner = config.backend  # type: ignore[attr-defined]
+        assert inner.resolved_env()["K"] == SECRET
+        record = config.to_record()["backend"]
+    else:
+        config = config_cls.model_validate({**first, **secret_env})
+        assert config.resolved_env()["K"] == SECRET  # the value is there, just never shown
+        record = config.to_record()
     assert record["secret_env_vars"] == ["K"]
     for shown in (
         json.dumps(config_cls.model_json_schema()),
