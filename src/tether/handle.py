@@ -16,6 +16,14 @@ from .records import write_record
 from .result import RunResult, RunState
 
 Stream = Literal["stdout", "stderr"]
+
+
+def check_stream(stream: str) -> None:
+    """Refuse anything but the two streams ``logs()`` knows."""
+    if stream not in ("stdout", "stderr"):
+        raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
+
+
 H = TypeVar("H", bound="RunHandle")
 
 

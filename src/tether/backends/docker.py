@@ -36,7 +36,7 @@ from ..backend import Backend
 from ..capabilities import Availability
 from ..config import FROM_RECORD, BackendConfig
 from ..errors import ConfigError, SubmitError
-from ..handle import RunHandle, Stream
+from ..handle import RunHandle, Stream, check_stream
 from ..job import Job, parse_memory
 from ..records import write_record
 from ..result import RunResult, RunState
@@ -869,8 +869,7 @@ class DockerRunHandle(RunHandle):
 
         With ``follow`` the engine streams new lines until the container ends.
         """
-        if stream not in ("stdout", "stderr"):
-            raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
+        check_stream(stream)
         seen = 0
         if self._read_json("exit.json") is None and self._dir.is_dir():
             async with eng.engine(self._docker.docker_host) as client:

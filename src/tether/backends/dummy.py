@@ -25,7 +25,7 @@ from .._files import default_runs_dir, write_atomic, write_json_atomic
 from .._runs import make_run_dir, new_run_id, stage_inputs
 from ..backend import Backend
 from ..config import BackendConfig
-from ..handle import RunHandle, Stream
+from ..handle import RunHandle, Stream, check_stream
 from ..job import Job
 from ..records import write_record
 from ..result import RunResult, RunState
@@ -275,8 +275,7 @@ class DummyRunHandle(RunHandle):
         self, stream: Stream = "stdout", *, follow: bool = False
     ) -> AsyncGenerator[str, None]:
         """The configured lines that have appeared so far; ``follow`` waits for the rest."""
-        if stream not in ("stdout", "stderr"):
-            raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
+        check_stream(stream)
         lines = self._lines(stream)
         for index, line in enumerate(lines):
             due = self._line_time(index, len(lines))

@@ -35,7 +35,7 @@ from ..backend import Backend
 from ..capabilities import Availability
 from ..config import BackendConfig
 from ..errors import BackendUnavailableError, ConfigError, SubmitError
-from ..handle import RunHandle, Stream
+from ..handle import RunHandle, Stream, check_stream
 from ..job import Job
 from ..records import write_record
 from ..result import RunResult, RunState
@@ -464,8 +464,7 @@ class LocalRunHandle(RunHandle):
         self, stream: Stream = "stdout", *, follow: bool = False
     ) -> AsyncGenerator[str, None]:
         """Lines of the run's stdout or stderr file; ``follow`` streams until the end."""
-        if stream not in ("stdout", "stderr"):
-            raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
+        check_stream(stream)
         if not self._local.capture_output:
             return
         async for line in tail_lines(

@@ -41,7 +41,7 @@ from .._runs import make_run_dir, new_run_id, tail_lines
 from ..backend import Backend
 from ..config import FROM_RECORD, BackendConfig
 from ..errors import ConfigError
-from ..handle import RunHandle, Stream
+from ..handle import RunHandle, Stream, check_stream
 from ..job import Job
 from ..records import write_record
 from ..result import RunResult, RunState
@@ -576,8 +576,7 @@ class CachedRunHandle(RunHandle):
         self, stream: Stream = "stdout", *, follow: bool = False
     ) -> AsyncGenerator[str, None]:
         """The inner run's lines; for a hit, the restored files'."""
-        if stream not in ("stdout", "stderr"):
-            raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
+        check_stream(stream)
         if self._inner is not None:
             async for line in self._inner.logs(stream, follow=follow):
                 yield line
