@@ -29,7 +29,7 @@ from tether import (
 )
 
 from .cli_support import CLI
-from .services import IMPORTED_IMAGE, docker_api
+from .services import BUILT_IMAGE, IMPORTED_IMAGE, docker_api
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_service")]
 
@@ -340,3 +340,31 @@ async def test_observers_racing_to_record_the_end_agree(tmp_path: Path) -> None:
             assert result.state is RunState.FAILED and result.exit_code == 3
             assert await result.read_stdout() == "raced\n"
         assert inspect(handle.container_id) is None
+
+
+@pytest.mark.asyncio
+async def test_cache_keys_follow_the_image_id_not_its_tag(tmp_path: Path) -> None:
+    """A cached Docker run is keyed by what the tag points at, so a re-tag is a miss."""
+    tag = f"tether-test/alias-{tmp_path.name.lower()}:1"
+    status, _ = docker_api("POST", f"/images/{IMPORTED_IMAGE}/tag?repo={tag.split(':')[0]}&tag=1")
+    assert status == 201
+    try:
+        store = tether.SQLiteStore(tmp_path / "cache.sqlite")
+        by_name = tether.CachedBackend(config(tmp_path).create(), store)
+        by_alias = tether.CachedBackend(
+            DockerConfig(image=tag, runs_dir=tmp_path / "runs", cancel_grace=2).create(), store
+        )
+        job = Job(command="echo cached")
+        assert await by_name.key(job) == await by_alias.key(job)  # same image, two tags
+        first = await by_name.submit(job)
+        assert not first.hit and (await first.wait()).ok
+        again = await by_alias.submit(job)
+        assert again.hit and await (await again.wait()).read_stdout() == "cached\n"
+
+        # Point the alias at another image: its key changes, so the next run is a miss.
+        status, _ = docker_api("POST", f"/images/{BUILT_IMAGE}/tag?repo={tag.split(':')[0]}&tag=1")
+        assert status == 201
+        assert await by_alias.key(job) != await by_name.key(job)
+        assert not (await by_alias.submit(job)).hit
+    finally:
+        docker_api("DELETE", f"/images/{tag}?force=1")
