@@ -28,8 +28,6 @@ from tether import RunState
 from tether.cache import CacheStore, DirectoryStore, SQLiteStore
 from tether.cache._blobs import BlobDir
 
-from .conftest import run_python
-
 STORES = ["sqlite", "directory"]
 SUCCEEDED = RunState.SUCCEEDED.value
 RUNNING = RunState.RUNNING.value
@@ -537,32 +535,3 @@ def test_a_second_process_shares_and_records_the_run_of_a_killed_owner(
     assert entry.name == "job-0"
     assert_sound(store)
     assert store.claims() == 0
-
-
-# -- found along the way -----------------------------------------------------------
-
-SIGNALS_OF_A_RUN = r"""
-import asyncio, json, sys
-from pathlib import Path
-from tether import Job, LocalConfig
-
-async def main():
-    backend = LocalConfig(runs_dir=Path(sys.argv[1])).create()
-    handle = await backend.submit(Job(command="grep SigIgn /proc/self/status"))
-    result = await handle.wait(30)
-    print(json.dumps({"stdout": await result.read_stdout()}))
-
-asyncio.run(main())
-"""
-
-
-@pytest.mark.parametrize("supervisor", ["c", "python"])
-def test_local_runs_start_with_default_sigpipe_and_sigxfsz(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, supervisor: str
-) -> None:
-    # Belongs with the local backend's tests; found here, where jobs pipe into head.
-    monkeypatch.setenv("TETHER_SUPERVISOR", supervisor)
-    out = run_python(SIGNALS_OF_A_RUN, str(tmp_path / "runs"))
-    ignored = int(out["stdout"].split()[1], 16)  # "SigIgn: <mask>", bit n-1 is signal n
-    assert not ignored & (1 << (signal.SIGPIPE - 1))
-    assert not ignored & (1 << (signal.SIGXFSZ - 1))

@@ -14,6 +14,8 @@ import tether
 from tether import ConfigError, Job, LocalConfig, RunState, SubmitError
 from tether._proc import session_members
 
+from .conftest import run_python
+
 pytestmark = pytest.mark.anyio
 
 
@@ -198,3 +200,33 @@ async def test_many_runs_at_once_no_zombies(tmp_path: Path) -> None:
     local_module._reap_finished()
     zombies = [pid for pid in local_module._children if os.path.exists(f"/proc/{pid}")]
     assert zombies == []
+
+
+# -- what a run inherits ------------------------------------------------------------
+
+SIGNALS_OF_A_RUN = r"""
+import asyncio, json, sys
+from pathlib import Path
+from tether import Job, LocalConfig
+
+async def main():
+    backend = LocalConfig(runs_dir=Path(sys.argv[1])).create()
+    handle = await backend.submit(Job(command="grep SigIgn /proc/self/status"))
+    result = await handle.wait(30)
+    print(json.dumps({"stdout": await result.read_stdout()}))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("supervisor", ["c", "python"])
+def test_local_runs_start_with_default_sigpipe_and_sigxfsz(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, supervisor: str
+) -> None:
+    """Python ignores SIGPIPE and SIGXFSZ, and exec keeps ignored signals: the
+    supervisors reset them, so `producer | head` ends the producer as in a shell."""
+    monkeypatch.setenv("TETHER_SUPERVISOR", supervisor)
+    out = run_python(SIGNALS_OF_A_RUN, str(tmp_path / "runs"))
+    ignored = int(out["stdout"].split()[1], 16)  # "SigIgn: <mask>", bit n-1 is signal n
+    assert not ignored & (1 << (signal.SIGPIPE - 1))
+    assert not ignored & (1 << (signal.SIGXFSZ - 1))
