@@ -8,7 +8,6 @@ at this edge, so no aiodocker type ever reaches a caller.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import re
@@ -41,6 +40,8 @@ def engine_url(docker_host: str | None = None) -> str:
 
 
 def _require_asyncio() -> None:
+    import asyncio  # here, not at import time: `import tether` stays light
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:
