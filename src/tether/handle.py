@@ -13,7 +13,7 @@ from .config import BackendConfig
 from .errors import InvalidTransitionError, RecordError, RunFailedError, WaitTimeout
 from .job import Job
 from .records import write_record
-from .result import RunResult, RunState
+from .result import RunResult, RunState, utc_time
 
 Stream = Literal["stdout", "stderr"]
 
@@ -104,6 +104,12 @@ class RunHandle(ABC):
         if not self._state.can_become(new):
             raise InvalidTransitionError(self._run_id, self._state, new)
         self._state = new
+
+    def _lost(self, why: str, started: float | None = None) -> RunResult:
+        """The result of a run that can no longer be found: LOST, with the reason."""
+        return RunResult(
+            run_id=self._run_id, state=RunState.LOST, started_at=utc_time(started), error=why
+        )
 
     def _finish(self, result: RunResult) -> RunResult:
         """Record the terminal result (idempotent for the same terminal state)."""

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import anyio
 from pydantic import BaseModel, ConfigDict
+
+
+def utc_time(seconds: Any) -> datetime | None:
+    """A UTC datetime from seconds since the epoch (as run records store times), or None."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        return None
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 class RunState(StrEnum):

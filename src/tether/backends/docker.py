@@ -21,7 +21,6 @@ import shutil
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -39,7 +38,7 @@ from ..errors import ConfigError, SubmitError
 from ..handle import RunHandle, Stream, check_stream
 from ..job import Job, parse_memory
 from ..records import write_record
-from ..result import RunResult, RunState
+from ..result import RunResult, RunState, utc_time
 from . import _docker_engine as eng
 from ._docker_build import ensure_image
 
@@ -744,9 +743,6 @@ class DockerRunHandle(RunHandle):
         if info is not None:
             await self._record_end(client, info)
 
-    def _stamp(self, seconds: Any) -> datetime | None:
-        return datetime.fromtimestamp(seconds, UTC) if isinstance(seconds, int | float) else None
-
     def _result_from_exit(self, data: dict[str, Any]) -> RunResult:
         reason, code = data.get("reason"), data.get("exit_code")
         stdout, stderr = self._dir / "stdout", self._dir / "stderr"
@@ -769,8 +765,8 @@ class DockerRunHandle(RunHandle):
             run_id=self.run_id,
             state=state,
             exit_code=code if isinstance(code, int) else None,
-            started_at=self._stamp(data.get("started", self._started_at)),
-            ended_at=self._stamp(data.get("ended")),
+            started_at=utc_time(data.get("started", self._started_at)),
+            ended_at=utc_time(data.get("ended")),
             stdout=stdout,
             stderr=stderr,
             outputs=outputs,
@@ -791,14 +787,6 @@ class DockerRunHandle(RunHandle):
         tail = last_line(stderr)
         return f"{text}: {tail}" if tail else text
 
-    def _lost(self, why: str) -> RunResult:
-        return RunResult(
-            run_id=self.run_id,
-            state=RunState.LOST,
-            started_at=self._stamp(self._started_at),
-            error=why,
-        )
-
     # -- observing ---------------------------------------------------------------------
 
     async def refresh(self) -> RunState:
@@ -810,7 +798,7 @@ class DockerRunHandle(RunHandle):
             return self._state
         data = self._read_json("exit.json")
         if data is None and not self._dir.is_dir():
-            self._finish(self._lost(f"run folder {self._dir} no longer exists"))
+            self._finish(self._lost(f"run folder {self._dir} no longer exists", self._started_at))
             return self._state
         if data is None:
             async with eng.engine(self._docker.docker_host) as client:
@@ -827,7 +815,8 @@ class DockerRunHandle(RunHandle):
                 self._finish(
                     self._lost(
                         f"container {self._container_id[:12]} no longer exists and its "
-                        "result was never recorded"
+                        "result was never recorded",
+                        self._started_at,
                     )
                 )
         if data is not None:

@@ -14,7 +14,6 @@ import builtins
 import json
 import time
 from collections.abc import AsyncGenerator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -28,7 +27,7 @@ from ..config import BackendConfig
 from ..handle import RunHandle, Stream, check_stream
 from ..job import Job
 from ..records import write_record
-from ..result import RunResult, RunState
+from ..result import RunResult, RunState, utc_time
 
 _CAPABILITIES = frozenset(
     {"detached", "reattach", "cancel", "logs_follow", "commands", "timeout", "simulated"}
@@ -233,8 +232,8 @@ class DummyRunHandle(RunHandle):
             run_id=self.run_id,
             state=state,
             exit_code=code,
-            started_at=_stamp(self._start) if ended >= self._start else None,
-            ended_at=_stamp(ended),
+            started_at=utc_time(self._start) if ended >= self._start else None,
+            ended_at=utc_time(ended),
             stdout=stdout,
             stderr=stderr,
             outputs=outputs,
@@ -310,7 +309,3 @@ class DummyRunHandle(RunHandle):
             submitted_at=float(data["submitted_at"]),
             timeout=float(data["timeout"]),
         )
-
-
-def _stamp(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)

@@ -19,7 +19,6 @@ import shutil
 import signal
 import time
 from collections.abc import AsyncGenerator
-from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -38,7 +37,7 @@ from ..errors import BackendUnavailableError, ConfigError, SubmitError
 from ..handle import RunHandle, Stream, check_stream
 from ..job import Job
 from ..records import write_record
-from ..result import RunResult, RunState
+from ..result import RunResult, RunState, utc_time
 
 _CAPABILITIES = frozenset({"detached", "reattach", "cancel", "logs_follow", "commands", "timeout"})
 
@@ -307,9 +306,6 @@ class LocalRunHandle(RunHandle):
             return False  # the machine rebooted since: the pid means nothing now
         return _proc.is_running(self._pid, self._ticks)
 
-    def _stamp(self, seconds: float | None) -> datetime | None:
-        return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
-
     def _result_from_exit(self, data: dict[str, Any]) -> RunResult:
         reason = data.get("reason")
         code = data.get("exit_code")
@@ -334,8 +330,8 @@ class LocalRunHandle(RunHandle):
             run_id=self.run_id,
             state=state,
             exit_code=code if isinstance(code, int) else None,
-            started_at=self._stamp(data.get("started", self._started_at)),
-            ended_at=self._stamp(data.get("ended")),
+            started_at=utc_time(data.get("started", self._started_at)),
+            ended_at=utc_time(data.get("ended")),
             stdout=stdout,
             stderr=stderr,
             outputs=outputs,
@@ -353,14 +349,6 @@ class LocalRunHandle(RunHandle):
         tail = last_line(stderr) if stderr else ""
         return f"{text}: {tail}" if tail else text
 
-    def _lost(self, why: str) -> RunResult:
-        return RunResult(
-            run_id=self.run_id,
-            state=RunState.LOST,
-            started_at=self._stamp(self._started_at),
-            error=why,
-        )
-
     async def refresh(self) -> RunState:
         """Read the recorded exit status, or check that the supervisor still lives."""
         if self._result is not None:
@@ -369,13 +357,17 @@ class LocalRunHandle(RunHandle):
         if data is not None:
             self._finish(self._result_from_exit(data))
         elif not self._dir.is_dir():
-            self._finish(self._lost(f"run folder {self._dir} no longer exists"))
+            self._finish(self._lost(f"run folder {self._dir} no longer exists", self._started_at))
         elif not self._alive():
             data = self._read_exit()  # it may have finished between the two looks
             if data is not None:
                 self._finish(self._result_from_exit(data))
             else:
-                self._finish(self._lost("the run's supervisor ended without recording a status"))
+                self._finish(
+                    self._lost(
+                        "the run's supervisor ended without recording a status", self._started_at
+                    )
+                )
         return self._state
 
     def _open_pidfd(self) -> int | None:
