@@ -12,6 +12,7 @@ from .api import run, run_sync
 from .backend import Backend
 from .backends.docker import DockerBackend, DockerConfig, DockerRunHandle, PrunedContainer
 from .backends.dummy import DummyBackend, DummyConfig, DummyRunHandle
+from .backends.inline import InlineBackend, InlineConfig, InlineRunHandle
 from .backends.local import LocalBackend, LocalConfig, LocalRunHandle
 from .cache import (
     CachedBackend,
@@ -21,12 +22,14 @@ from .cache import (
     DirectoryStore,
     SQLiteStore,
 )
+from .call import Call
 from .capabilities import Availability
 from .config import BackendConfig
 from .discovery import BackendInfo, Recommendation, list_backends, recommended_backend
 from .errors import (
     BackendError,
     BackendUnavailableError,
+    CallError,
     ConfigError,
     InvalidTransitionError,
     RecordError,
@@ -53,6 +56,8 @@ __all__ = [
     "CachedBackend",
     "CachedConfig",
     "CachedRunHandle",
+    "Call",
+    "CallError",
     "ConfigError",
     "DirectoryStore",
     "DockerBackend",
@@ -61,6 +66,9 @@ __all__ = [
     "DummyBackend",
     "DummyConfig",
     "DummyRunHandle",
+    "InlineBackend",
+    "InlineConfig",
+    "InlineRunHandle",
     "InvalidTransitionError",
     "Job",
     "LocalBackend",

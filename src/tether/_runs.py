@@ -19,7 +19,18 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 #: Files tether itself writes into a run folder; never reported as outputs.
 RESERVED = frozenset(
-    {"stdout", "stderr", "exit.json", "handle.json", "outputs", "cancelled.json", "stop.json"}
+    {
+        "stdout",
+        "stderr",
+        "exit.json",
+        "handle.json",
+        "outputs",
+        "cancelled.json",
+        "stop.json",
+        "call.pkl",
+        "outcome.pkl",
+        ".tether-outcome.pkl",
+    }
 )
 
 

@@ -128,7 +128,9 @@ def _too_big_for_here(job: Job) -> str | None:
 
 def required_capabilities(job: Job) -> frozenset[str]:
     """The capabilities a backend needs to run ``job`` at all."""
-    needs = {"commands"}
+    from .call import Call
+
+    needs = {"calls" if isinstance(job, Call) else "commands"}
     if job.resources.gpus:
         needs.add("gpus")
     return frozenset(needs)

@@ -11,6 +11,7 @@ The tree::
     ├── BackendUnavailableError (RuntimeError)  a backend cannot be used on this machine
     ├── BackendError (RuntimeError)       a backend's service refused a request (Docker engine…)
     ├── RunFailedError (RuntimeError)     ``result()`` of a run that did not succeed
+    ├── CallError (RuntimeError)          a Call's exception that cannot be rebuilt here
     ├── WaitTimeout (TimeoutError)        ``wait(timeout=…)`` ran out; the run goes on
     └── InvalidTransitionError (RuntimeError)  an illegal run-state change
 """
@@ -65,6 +66,15 @@ class RunFailedError(TetherError, RuntimeError):
         self.result = result
         detail = f": {result.error}" if result.error else ""
         super().__init__(f"Run {result.run_id} ended {result.state.value}{detail}")
+
+
+class CallError(TetherError, RuntimeError):
+    """Raised by ``result()`` in place of a Call's exception whose class cannot be unpickled."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
 
 
 class WaitTimeout(TetherError, TimeoutError):

@@ -186,9 +186,16 @@ class RunHandle(ABC):
         return (await self.refresh()).is_terminal
 
     async def result(self) -> RunResult:
-        """Wait for the run; return its result, or raise :class:`RunFailedError`."""
+        """Wait for the run; return its result, or raise why it did not succeed.
+
+        A ``Call`` whose function raised re-raises that exception (its type kept,
+        chained to the traceback from where it ran); every other failure raises
+        :class:`RunFailedError`.
+        """
         result = await self.wait()
         if not result.ok:
+            if result.exception is not None:
+                raise result.exception
             raise RunFailedError(result)
         return result
 

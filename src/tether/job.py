@@ -139,8 +139,16 @@ class Job(BaseModel):
 
     @classmethod
     def from_record(cls, data: dict[str, Any]) -> Job:
-        """Rebuild a job from :meth:`to_record` output (secret values stay unknown)."""
+        """Rebuild a job from :meth:`to_record` output (secret values stay unknown).
+
+        A record with a ``target`` is a :class:`~tether.call.Call` (without its
+        arguments, which never leave the run).
+        """
         data = {k: v for k, v in data.items() if k != "secret_env"}
+        if "target" in data and cls is Job:
+            from .call import Call
+
+            return Call.model_validate(data)
         return cls.model_validate(data)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 
 def utc_time(seconds: Any) -> datetime | None:
@@ -44,9 +44,15 @@ class RunState(StrEnum):
 
 
 class RunResult(BaseModel):
-    """What a run came to: its state, exit code, times, logs and outputs."""
+    """What a run came to: its state, exit code, times, logs and outputs.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    For ``Call`` jobs, ``value`` is the function's return value and, when the call
+    raised, ``exception`` the exception (chained to the remote traceback) and
+    ``traceback`` its text. Neither ``value`` nor ``exception`` is part of the JSON
+    form (``model_dump(mode="json")``): saved records never hold pickled objects.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
     run_id: str
     state: RunState
@@ -57,7 +63,17 @@ class RunResult(BaseModel):
     stderr: Path | None = None
     outputs: list[Path] = []
     error: str | None = None
-    value: Any = None
+    value: Any = Field(None, exclude=True)
+    exception: BaseException | None = Field(None, exclude=True)
+    traceback: str | None = None
+
+    # Output kept in memory by backends without run folders (the inline backend).
+    _captured: dict[str, str] | None = PrivateAttr(None)
+
+    def with_output(self, stdout: str, stderr: str) -> RunResult:
+        """This result with captured output that ``read_stdout``/``read_stderr`` return."""
+        self._captured = {"stdout": stdout, "stderr": stderr}
+        return self
 
     @property
     def ok(self) -> bool:
@@ -73,10 +89,14 @@ class RunResult(BaseModel):
 
     async def read_stdout(self) -> str:
         """The run's standard output as text ('' when it was not captured)."""
+        if self.stdout is None and self._captured is not None:
+            return self._captured["stdout"]
         return await _read_text(self.stdout)
 
     async def read_stderr(self) -> str:
         """The run's standard error as text ('' when it was not captured)."""
+        if self.stderr is None and self._captured is not None:
+            return self._captured["stderr"]
         return await _read_text(self.stderr)
 
 

@@ -26,11 +26,12 @@ from typing import Any, ClassVar, Literal
 import anyio
 from pydantic import ConfigDict, Field
 
-from .. import _proc
-from .._files import default_runs_dir, write_json_atomic
+from .. import _proc, worker
+from .._files import default_runs_dir, write_atomic, write_json_atomic
 from .._runs import collect_outputs, last_line, make_run_dir, new_run_id, stage_inputs, tail_lines
 from .._supervisor import cached_supervisor, supervisor_argv
 from ..backend import Backend
+from ..call import Call, call_argv, outcome_fields
 from ..capabilities import Availability
 from ..config import BackendConfig
 from ..errors import BackendUnavailableError, ConfigError, SubmitError
@@ -39,7 +40,9 @@ from ..job import Job
 from ..records import write_record
 from ..result import RunResult, RunState, utc_time
 
-_CAPABILITIES = frozenset({"detached", "reattach", "cancel", "logs_follow", "commands", "timeout"})
+_CAPABILITIES = frozenset(
+    {"detached", "reattach", "cancel", "logs_follow", "commands", "calls", "timeout"}
+)
 
 
 class LocalConfig(BackendConfig):
@@ -151,6 +154,8 @@ class LocalBackend(Backend[LocalConfig]):
     capabilities: ClassVar[frozenset[str]] = _CAPABILITIES
 
     def _argv(self, job: Job) -> list[str]:
+        if isinstance(job, Call):
+            return call_argv()
         command = job.command if job.command is not None else self.config.command
         if command is None:
             raise ConfigError(
@@ -169,6 +174,7 @@ class LocalBackend(Backend[LocalConfig]):
     async def submit(self, job: Job) -> LocalRunHandle:
         """Start ``job`` under a supervisor and return at once."""
         argv = self._argv(job)
+        payload = job.payload() if isinstance(job, Call) else None
         config = self.config
         timeout = float(config.timeout)
         if job.resources.walltime is not None:
@@ -185,6 +191,9 @@ class LocalBackend(Backend[LocalConfig]):
         cwd = (job.workdir or config.working_dir or run_dir).expanduser().absolute()
         try:
             stage_inputs(job.inputs, run_dir)
+            if payload is not None:
+                write_atomic(run_dir / worker.PAYLOAD_FILE, payload)
+                argv = [*argv, str(run_dir)]
             env = {
                 **os.environ,
                 **config.resolved_env(),
@@ -326,7 +335,14 @@ class LocalRunHandle(RunHandle):
         outputs: list[Path] = []
         if self._job.outputs and self._dir.is_dir():
             outputs = collect_outputs(self._job.outputs, self._cwd, self._dir)
+        called: dict[str, Any] = {}
+        if isinstance(self._job, Call) and reason == "exited":
+            called = outcome_fields(self._dir / worker.OUTCOME_FILE)
+            if called:
+                state = RunState.SUCCEEDED if called.pop("ok") else RunState.FAILED
+                error = called.pop("error")
         return RunResult(
+            **called,
             run_id=self.run_id,
             state=state,
             exit_code=code if isinstance(code, int) else None,

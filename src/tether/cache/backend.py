@@ -16,6 +16,7 @@ import builtins
 import os
 import secrets
 import socket
+import tempfile
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from .. import _plugins, _proc
 from .._files import cache_home, default_runs_dir
 from .._runs import make_run_dir, new_run_id, tail_lines
 from ..backend import Backend
+from ..call import Call, encode_outcome, outcome_fields
 from ..config import FROM_RECORD, BackendConfig
 from ..errors import ConfigError
 from ..handle import RunHandle, Stream, check_stream
@@ -425,7 +427,7 @@ class CachedBackend(Backend[CachedConfig]):
         run_dir = make_run_dir(self._runs_dir(), run_id)
         for stored in entry.files:
             store.blobs.restore(stored.digest, run_dir / stored.path)
-        result = _absolute(entry.result, run_id, run_dir)
+        result = _with_value(_absolute(entry.result, run_id, run_dir), run_dir)
         handle = CachedRunHandle(
             run_id=run_id,
             job=job,
@@ -437,6 +439,21 @@ class CachedBackend(Backend[CachedConfig]):
         )
         write_record(run_dir / "handle.json", handle.to_record(), sync=False)
         return handle
+
+
+#: Where a hit's run folder gets a Call's recorded outcome (value or exception).
+_OUTCOME = ".tether-outcome.pkl"
+
+
+def _with_value(result: RunResult, run_dir: Path | None) -> RunResult:
+    """``result`` with the Call value or exception recorded in the run folder, if any."""
+    if run_dir is None or not (run_dir / _OUTCOME).is_file():
+        return result
+    fields = outcome_fields(run_dir / _OUTCOME)
+    keep: dict[str, Any] = {
+        k: fields[k] for k in ("value", "exception", "traceback") if k in fields
+    }
+    return result.model_copy(update=keep)
 
 
 def _relative(result: RunResult, run_dir: Path | None) -> tuple[dict[str, Any], list[Path]]:
@@ -536,6 +553,13 @@ class CachedRunHandle(RunHandle):
             assert self.run_dir is not None
             relative = path.resolve().relative_to(self.run_dir.resolve()).as_posix()
             stored.append(StoredFile(relative, digest, size, mtime_ns))
+        if isinstance(self._job, Call):  # the value (or exception) travels as a blob
+            outcome = encode_outcome(result.ok, result.value, result.exception, result.traceback)
+            with tempfile.NamedTemporaryFile(prefix="tether-outcome-") as tmp:
+                tmp.write(outcome)
+                tmp.flush()
+                digest, size, mtime_ns = self._store.blobs.put(Path(tmp.name))
+            stored.append(StoredFile(_OUTCOME, digest, size, mtime_ns))
         entry = CacheEntry(
             key=self._key,
             backend=self._cached.backend.type,
@@ -624,5 +648,6 @@ class CachedRunHandle(RunHandle):
             "replace": bool(data.get("replace", False)),
         }
         if "hit" in data:
-            return cls(**common, hit=RunResult.model_validate(data["hit"]))
+            hit = _with_value(RunResult.model_validate(data["hit"]), run_dir)
+            return cls(**common, hit=hit)
         return cls(**common, inner=handle_from_record(data["inner"]))

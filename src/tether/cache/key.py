@@ -2,6 +2,7 @@
 
 The default key (:func:`default_key`) hashes, as canonical JSON through SHA-256:
 
+* for a ``Call``, its target and the SHA-256 of its pickled function and arguments;
 * the job's command, non-secret env values (secret ones by name only), workdir,
   resources other than walltime, output globs, and the *content* of every input
   file (names and bytes; never mtimes or modes), folders walked in sorted order;
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..call import Call
 from ..errors import SubmitError
 from ..job import Job, public_env, secret_keys
 
@@ -67,7 +69,12 @@ def job_fields(job: Job) -> dict[str, Any]:
                 "fix the job's inputs."
             ) from exc
     resources = job.resources.model_dump(mode="json", exclude={"walltime"})
-    return {
+    fields: dict[str, Any] = {}
+    if isinstance(job, Call):
+        # What runs: the function's name and the hash of the pickled function and
+        # arguments (an ensemble member's seed is among them).
+        fields["call"] = {"target": job.target, "digest": job.payload_digest()}
+    return fields | {
         "command": job.command,
         "env": public_env(job.env),
         "secret_env": secret_keys(job.env),
