@@ -26,12 +26,14 @@ from .call import Call
 from .capabilities import Availability
 from .config import BackendConfig
 from .discovery import BackendInfo, Recommendation, list_backends, recommended_backend
+from .ensemble import Ensemble, map_calls
 from .errors import (
     BackendError,
     BackendUnavailableError,
     CallError,
     ConfigError,
     InvalidTransitionError,
+    MapError,
     RecordError,
     RecordVersionError,
     RunFailedError,
@@ -66,6 +68,7 @@ __all__ = [
     "DummyBackend",
     "DummyConfig",
     "DummyRunHandle",
+    "Ensemble",
     "InlineBackend",
     "InlineConfig",
     "InlineRunHandle",
@@ -74,6 +77,7 @@ __all__ = [
     "LocalBackend",
     "LocalConfig",
     "LocalRunHandle",
+    "MapError",
     "PrunedContainer",
     "Recommendation",
     "RecordError",
@@ -94,6 +98,7 @@ __all__ = [
     "load_config",
     "load_handle",
     "load_job",
+    "map_calls",
     "recommended_backend",
     "run",
     "run_sync",

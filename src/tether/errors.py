@@ -12,6 +12,7 @@ The tree::
     ├── BackendError (RuntimeError)       a backend's service refused a request (Docker engine…)
     ├── RunFailedError (RuntimeError)     ``result()`` of a run that did not succeed
     ├── CallError (RuntimeError)          a Call's exception that cannot be rebuilt here
+    ├── MapError (RuntimeError)           some calls of a keep-going map or ensemble failed
     ├── WaitTimeout (TimeoutError)        ``wait(timeout=…)`` ran out; the run goes on
     └── InvalidTransitionError (RuntimeError)  an illegal run-state change
 """
@@ -75,6 +76,20 @@ class CallError(TetherError, RuntimeError):
         super().__init__(f"{type_name}: {message}")
         self.type_name = type_name
         self.message = message
+
+
+class MapError(TetherError, RuntimeError):
+    """Raised by ``map_calls``/``Ensemble`` with ``keep_going=True`` when calls failed.
+
+    ``results`` holds every call's result in input order; ``failures`` the failed ones.
+    """
+
+    def __init__(self, results: list[RunResult]) -> None:
+        self.results = results
+        self.failures = [r for r in results if not r.ok]
+        first = self.failures[0] if self.failures else None
+        detail = f"; first: {first.error}" if first is not None and first.error else ""
+        super().__init__(f"{len(self.failures)} of {len(results)} calls failed{detail}")
 
 
 class WaitTimeout(TetherError, TimeoutError):
