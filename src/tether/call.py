@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import pickle
 import re
 import sys
@@ -252,7 +253,9 @@ class Call(Job):
         The submitter's ``sys.path`` travels along, so a function importable here
         (from the script's folder, say) is importable in the worker too.
         """
-        data = {"call": self._call_pickle(), "sys_path": [p for p in sys.path if p]}
+        # '' (python -c, the REPL) means the submitter's folder, not the worker's.
+        path = [entry or os.getcwd() for entry in sys.path]
+        data = {"call": self._call_pickle(), "sys_path": path}
         return pickle.dumps(data, protocol=worker.PROTOCOL)
 
     def to_record(self) -> dict[str, Any]:

@@ -18,11 +18,14 @@ from typing import Any
 from tether import (
     Backend,
     CachedBackend,
+    Call,
     CachedRunHandle,
     DockerConfig,
     DockerRunHandle,
     DummyConfig,
     DummyRunHandle,
+    InlineConfig,
+    InlineRunHandle,
     Job,
     LocalConfig,
     LocalRunHandle,
@@ -32,6 +35,7 @@ from tether import (
 from tether._proc import is_running, session_members
 
 from ..services import IMPORTED_IMAGE, docker_api
+from .call_target import contract_call
 
 
 class Harness(ABC):
@@ -40,6 +44,8 @@ class Harness(ABC):
     name: str
     #: Event loops the backend runs under (anyio backend names).
     loops: tuple[str, ...] = ("asyncio", "trio")
+    #: Whether jobs may carry their own environment (in-process runs share this one's).
+    supports_env: bool = True
 
     def __init__(self, runs_dir: Path) -> None:
         self.runs_dir = runs_dir
@@ -207,6 +213,70 @@ class DockerHarness(LocalHarness):
         assert status == 204, info
 
 
+class LocalCallHarness(LocalHarness):
+    """``Call`` jobs on the local backend: the worker module runs them as commands."""
+
+    name = "local-call"
+
+    def make(
+        self, *, lines=(), duration=0.0, exit_code=0, env=None, config_env=None, walltime=None
+    ):  # type: ignore[no-untyped-def]
+        config = LocalConfig(runs_dir=self.runs_dir, env_vars=config_env or {}, cancel_grace=2)
+        job = Call(contract_call, list(lines), duration, exit_code).options(
+            name="contract",
+            env=env or {},
+            resources={"walltime": walltime} if walltime else {},
+        )
+        return config.create(), job
+
+
+class InlineHarness(Harness):
+    """``Call`` jobs on the inline backend in one of its modes."""
+
+    mode: str
+
+    def __init__(self, runs_dir: Path) -> None:
+        super().__init__(runs_dir)
+        self.supports_env = self.mode == "processes"
+
+    def make(
+        self, *, lines=(), duration=0.0, exit_code=0, env=None, config_env=None, walltime=None
+    ):  # type: ignore[no-untyped-def]
+        config = InlineConfig(mode=self.mode, env_vars=config_env or {}, cancel_grace=2)
+        job = Call(contract_call, list(lines), duration, exit_code).options(
+            name="contract",
+            env=env or {},
+            resources={"walltime": walltime} if walltime else {},
+        )
+        return config.create(), job
+
+    def assert_nothing_running(self, handle: RunHandle) -> None:
+        assert isinstance(handle, InlineRunHandle) and handle._run is not None
+        run = handle._run
+        assert run.state.is_terminal, "run not ended"
+        assert not run.in_call, "the call is still running in its thread"
+        if run.worker_pid is not None and run.state.value in ("CANCELLED", "TIMED_OUT"):
+            assert not is_running(run.worker_pid, None), "the call's worker process is alive"
+
+    def lose(self, handle: RunHandle) -> None:
+        raise AssertionError("inline runs are lost with their process; see the contract tests")
+
+
+class InlineSequentialHarness(InlineHarness):
+    name = "inline-sequential"
+    mode = "sequential"
+
+
+class InlineThreadsHarness(InlineHarness):
+    name = "inline-threads"
+    mode = "threads"
+
+
+class InlineProcessesHarness(InlineHarness):
+    name = "inline-processes"
+    mode = "processes"
+
+
 class CachedHarness(Harness):
     """A backend wrapped in CachedBackend (SQLite store in the test's folder): every
     contract test is a miss, run by the inner backend and shared through the store."""
@@ -244,6 +314,10 @@ class CachedDummyHarness(CachedHarness):
 HARNESSES: dict[str, type[Harness]] = {
     "local": LocalHarness,
     "local-python": PythonSupervisorHarness,
+    "local-call": LocalCallHarness,
+    "inline-sequential": InlineSequentialHarness,
+    "inline-threads": InlineThreadsHarness,
+    "inline-processes": InlineProcessesHarness,
     "dummy": DummyHarness,
     "docker": DockerHarness,
     "cached-local": CachedLocalHarness,

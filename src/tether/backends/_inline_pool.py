@@ -99,6 +99,7 @@ class InlineRun:
         self.thread_id: int | None = None  # threads mode: the thread inside the call
         self.in_call = False
         self.on_stop: Callable[[], None] | None = None  # processes mode: wake the slot
+        self.worker_pid: int | None = None  # processes mode: the process given the call
 
     def begin(self) -> bool:
         """PENDING → RUNNING, unless the run was cancelled while queued."""
@@ -229,9 +230,12 @@ class ThreadPool(Pool):
     def __init__(self, workers: int, grace: float, capture: bool) -> None:
         self.capture = capture
         self.watchdog = _Watchdog(grace)
-        if capture:
-            _install_streams()
         super().__init__(workers, grace)
+
+    def submit(self, run: InlineRun) -> None:
+        if self.capture:  # again each time: someone (pytest, ipykernel) may have swapped them
+            _install_streams()
+        super().submit(run)
 
     def _slot(self) -> None:
         while (run := self.queue.get()) is not None:
@@ -467,6 +471,7 @@ class _Slot:
                 return
         with run.lock:
             run.on_stop = self._wake
+            run.worker_pid = self.worker.process.pid
         frame = worker.frame(pickle.dumps((run.env, None, payload), worker.PROTOCOL))
         with contextlib.suppress(OSError):  # a dead worker shows as the end of its pipe
             os.write(self.worker.send_fd, frame)

@@ -304,7 +304,7 @@ class InlineRunHandle(RunHandle):
         run = _RUNS.get(run_id) if pid == os.getpid() else None
         return cls(
             run_id=run_id,
-            job=run.call if run is not None else job,
+            job=job,
             config=config,
             run=run,
             pid=pid,
