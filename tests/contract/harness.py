@@ -18,8 +18,8 @@ from typing import Any
 from tether import (
     Backend,
     CachedBackend,
-    Call,
     CachedRunHandle,
+    Call,
     DockerConfig,
     DockerRunHandle,
     DummyConfig,
