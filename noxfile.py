@@ -45,7 +45,8 @@ def bench(session: nox.Session) -> None:
 
     The Docker bench needs the engine (``nox -s services``) and the docker CLI.
     """
-    session.install("-e", ".[docker]")
+    # joblib is only a contender in the inline bench, never a dependency of tether.
+    session.install("-e", ".[docker,numpy]", "joblib")
     # Throughput first: the wait bench deletes 400 run folders at its end, and on
     # ext4 without a journal creating inodes right after mass deletion is slow.
     benches = [
@@ -53,6 +54,7 @@ def bench(session: nox.Session) -> None:
         ["bench/wait_overhead.py"],
         ["bench/docker_latency.py"],
         ["bench/cache_bench.py"],
+        ["bench/inline_bench.py"],
     ]
     # Every bench runs, even after one misses its bar (a slow disk must not hide the
     # other figures); the session fails at the end if any missed.

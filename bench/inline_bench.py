@@ -128,8 +128,8 @@ def check(name: str, values: list[Any], expected: list[float]) -> None:
 
 
 def child_workers() -> dict[str, int]:
-    """This process's children (from ``/proc``): tether pool workers and the others."""
-    counts = dict.fromkeys(("tether", "other"), 0)
+    """This process's children by kind (from ``/proc``): tether, executor, loky, trackers."""
+    counts = dict.fromkeys(("tether", "executor", "loky", "tracker"), 0)
     me = str(os.getpid())
     proc = Path("/proc")
     if not proc.is_dir():
@@ -139,14 +139,20 @@ def child_workers() -> dict[str, int]:
             continue
         try:
             status = (entry / "status").read_text()
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
         ppid = next((ln.split()[1] for ln in status.splitlines() if ln.startswith("PPid:")), "")
         if ppid != me:
             continue
-        kind = "tether" if b"--pool" in cmdline else "other"
-        counts[kind] += 1
+        if b"--pool" in cmdline:
+            counts["tether"] += 1
+        elif b"resource_tracker" in cmdline:
+            counts["tracker"] += 1
+        elif b"LokyProcess" in cmdline:
+            counts["loky"] += 1
+        else:  # the executor's workers are forks of this process: same command line
+            counts["executor"] += 1
     return counts
 
 
@@ -260,8 +266,8 @@ async def bench(report: Report) -> None:
         ppe_sequential(executor, 5)
         report.workers_after_warmup = child_workers()
         print(
-            f"  worker processes after warm-up: tether {report.workers_after_warmup['tether']}, "
-            f"executor + loky {report.workers_after_warmup['other']}"
+            "  worker processes after warm-up: "
+            + ", ".join(f"{kind} {n}" for kind, n in report.workers_after_warmup.items())
         )
 
         for repeat in range(report.repeats):
@@ -357,6 +363,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the bench; return the process exit status."""
     args = parse_args(argv)
+    try:
+        import joblib  # noqa: F401 (one of the contenders)
+    except ImportError:
+        print("FAIL: this bench compares with joblib: pip install joblib", file=sys.stderr)
+        return 1
     report = Report(
         calls=args.calls,
         repeats=args.repeats,

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import functools
 import os
+import random
 import re
-import secrets
 import shutil
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,10 +37,22 @@ RESERVED = frozenset(
 
 
 def new_run_id(name: str) -> str:
-    """A sortable, unique run id: ``<name>-<UTC time>-<random>``."""
-    slug = _UNSAFE.sub("-", name).strip("-.").lower()[:40] or "run"
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    return f"{slug}-{stamp}-{secrets.token_hex(4)}"
+    """A sortable, unique run id: ``<name>-<UTC time>-<random>``.
+
+    On the path of every submit, so the parts are cached: ``random`` is reseeded
+    in forked children, which keeps ids unique across processes.
+    """
+    return f"{_slug(name)}-{_stamp(int(time.time()))}-{random.getrandbits(32):08x}"
+
+
+@functools.lru_cache(maxsize=256)
+def _slug(name: str) -> str:
+    return _UNSAFE.sub("-", name).strip("-.").lower()[:40] or "run"
+
+
+@functools.lru_cache(maxsize=4)
+def _stamp(second: int) -> str:
+    return datetime.fromtimestamp(second, UTC).strftime("%Y%m%d-%H%M%S")
 
 
 def make_run_dir(runs_dir: Path, run_id: str) -> Path:

@@ -344,3 +344,12 @@ def encode_outcome(ok: bool, value: Any, exception: BaseException | None, tb: st
     failure = worker._failure(exception or RuntimeError("the call failed"), "call")
     failure["traceback"] = tb or ""
     return worker.dump_outcome(failure)
+
+
+def refuse_calls(job: Job, backend: str) -> None:
+    """Raise ConfigError for a Call on a backend that runs commands only."""
+    if isinstance(job, Call):
+        raise ConfigError(
+            f"The {backend} backend runs command jobs, not Call {job.name!r}: run it with "
+            "InlineConfig or LocalConfig (or wrap the work in a command)."
+        )

@@ -81,9 +81,17 @@ class Interrupted(BaseException):
 class InlineRun:
     """One call's life in a pool; shared by every handle of the run in this process."""
 
-    def __init__(self, run_id: str, call: Call, timeout: float, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        call: Call,
+        timeout: float,
+        env: dict[str, str],
+        payload: bytes | None = None,
+    ) -> None:
         self.run_id = run_id
         self.call = call
+        self.payload = payload  # processes mode: pickled at submit
         self.timeout = timeout
         self.env = env
         self.lock = threading.Lock()
@@ -459,7 +467,7 @@ class _Slot:
         if run.state.is_terminal:
             return  # cancelled while queued
         try:
-            payload = run.call.payload()
+            payload = run.payload if run.payload is not None else run.call.payload()
         except Exception as exc:
             run.end(RunState.FAILED, error=str(exc))
             return

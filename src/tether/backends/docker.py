@@ -32,6 +32,7 @@ from .._loading import quote
 from .._runs import collect_outputs, last_line, make_run_dir, new_run_id, stage_inputs, tail_lines
 from .._version import __version__
 from ..backend import Backend
+from ..call import refuse_calls
 from ..capabilities import Availability
 from ..config import FROM_RECORD, BackendConfig
 from ..errors import ConfigError, SubmitError
@@ -522,6 +523,7 @@ class DockerBackend(Backend[DockerConfig]):
 
     async def submit(self, job: Job) -> DockerRunHandle:
         """Create and start the job's container and return at once."""
+        refuse_calls(job, "Docker")
         config = self.config
         command = self._command(job)
         if job.resources.gpus:

@@ -23,6 +23,7 @@ from pydantic import ConfigDict, Field, field_validator
 from .._files import default_runs_dir, write_atomic, write_json_atomic
 from .._runs import make_run_dir, new_run_id, stage_inputs
 from ..backend import Backend
+from ..call import refuse_calls
 from ..config import BackendConfig
 from ..handle import RunHandle, Stream, check_stream
 from ..job import Job
@@ -113,6 +114,7 @@ class DummyBackend(Backend[DummyConfig]):
 
     async def submit(self, job: Job) -> DummyRunHandle:
         """Create the run folder and start the simulated clock."""
+        refuse_calls(job, "dummy")
         run_id = new_run_id(job.name)
         run_dir = make_run_dir(
             (self.config.runs_dir or default_runs_dir()).expanduser().absolute(), run_id

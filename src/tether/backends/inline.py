@@ -32,7 +32,7 @@ from ..errors import ConfigError
 from ..handle import RunHandle, Stream, check_stream
 from ..job import Job
 from ..result import RunResult, RunState, utc_time
-from ._inline_pool import InlineRun, get_pool
+from ._inline_pool import InlineRun, Pool, get_pool
 
 _CAPABILITIES = frozenset({"calls", "cancel", "timeout"})
 
@@ -139,6 +139,19 @@ class InlineBackend(Backend[InlineConfig]):
 
     capabilities: ClassVar[frozenset[str]] = _CAPABILITIES
 
+    def __init__(self, config: InlineConfig) -> None:
+        super().__init__(config)
+        self._pool_of: tuple[int, Pool] | None = None
+
+    def _pool(self) -> Pool:
+        """The shared pool for these settings, looked up once per process."""
+        pid = os.getpid()
+        if self._pool_of is None or self._pool_of[0] != pid:
+            config = self.config
+            pool = get_pool(config.mode, config.workers, config.cancel_grace, config.capture_output)
+            self._pool_of = (pid, pool)
+        return self._pool_of[1]
+
     def _check(self, job: Job) -> Call:
         if not isinstance(job, Call):
             raise ConfigError(
@@ -166,15 +179,16 @@ class InlineBackend(Backend[InlineConfig]):
         if call.resources.walltime is not None:
             timeout = min(timeout, call.resources.walltime)
         env: dict[str, str] = {}
+        payload = None
         if config.mode == "processes":
-            call.payload()  # pickle now: an unpicklable argument is the caller's error
-            env = {**config.resolved_env(), **call.resolved_env()}
+            payload = call.payload()  # pickled now: an unpicklable argument is our caller's error
+            if config.env_vars or call.env:
+                env = {**config.resolved_env(), **call.resolved_env()}
         else:
             call.function  # noqa: B018 (import a named target now, not in the thread)
-        run = InlineRun(new_run_id(call.name), call, timeout, env)
+        run = InlineRun(new_run_id(call.name), call, timeout, env, payload)
         _RUNS[run.run_id] = run
-        pool = get_pool(config.mode, config.workers, config.cancel_grace, config.capture_output)
-        pool.submit(run)
+        self._pool().submit(run)
         return InlineRunHandle(run_id=run.run_id, job=call, config=config, run=run, pid=os.getpid())
 
 
