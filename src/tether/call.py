@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import PrivateAttr, field_validator, model_validator
 
-from . import worker
+from . import _worker as worker
 from .errors import CallError, ConfigError
 from .job import Job
 
@@ -261,8 +261,12 @@ class Call(Job):
     def to_record(self) -> dict[str, Any]:
         """The job record with the payload digest (never the payload itself)."""
         data = super().to_record()
-        if self._live is not None or self.digest is not None:
-            data["digest"] = self.payload_digest()
+        try:
+            digest = self.payload_digest() if self._live is not None else self.digest
+        except ConfigError:  # arguments that cannot be pickled (fine in threads mode)
+            digest = None
+        if digest is not None:
+            data["digest"] = digest
         return data
 
 

@@ -22,7 +22,6 @@ import collections
 import contextlib
 import ctypes
 import heapq
-import io
 import os
 import pickle
 import select
@@ -38,7 +37,7 @@ from typing import Any, TextIO
 
 import anyio
 
-from .. import worker
+from .. import _worker as worker
 from ..call import Call, decode_outcome
 from ..result import RunState
 
@@ -92,6 +91,7 @@ class InlineRun:
         self.run_id = run_id
         self.call = call
         self.payload = payload  # processes mode: pickled at submit
+        self.cwd: str | None = None  # processes mode: the config's working_dir
         self.timeout = timeout
         self.env = env
         self.lock = threading.Lock()
@@ -171,16 +171,17 @@ def _raise_in_thread(thread_id: int) -> None:
 _capture = threading.local()
 
 
-class _ThreadStream(io.TextIOBase):
+class _ThreadStream:
     """Stands in for sys.stdout/stderr: a thread running a call writes to its run,
-    every other thread to the original stream."""
+    every other thread to the original stream.
+
+    Not an ``io.TextIOBase``: everything but ``write``/``flush`` (``isatty``,
+    ``fileno``, ``encoding``…) must come from the original stream.
+    """
 
     def __init__(self, original: TextIO, name: str) -> None:
         self._original = original
         self._name = name
-
-    def writable(self) -> bool:
-        return True
 
     def write(self, text: str) -> int:
         target = getattr(_capture, self._name, None)
@@ -281,7 +282,7 @@ class ThreadPool(Pool):
             state = RunState.FAILED
             tb = exc.__traceback__.tb_next if exc.__traceback__ else None
             text = "".join(traceback.format_exception(type(exc), exc, tb))
-            name = type(exc).__qualname__
+            name = worker.type_name(exc)
             outcome = {
                 "exception": exc,
                 "traceback": text,
@@ -291,8 +292,6 @@ class ThreadPool(Pool):
         finally:
             if self.capture:
                 _capture.stdout = _capture.stderr = None
-        if outcome.get("exception") is not None and not isinstance(outcome["exception"], Exception):
-            raise outcome["exception"]  # KeyboardInterrupt and the like are not ours
         run.end(state, **outcome)
 
 
@@ -480,7 +479,8 @@ class _Slot:
         with run.lock:
             run.on_stop = self._wake
             run.worker_pid = self.worker.process.pid
-        frame = worker.frame(pickle.dumps((run.env, None, payload), worker.PROTOCOL))
+        cwd = str(run.call.workdir.expanduser().absolute()) if run.call.workdir else run.cwd
+        frame = worker.frame(pickle.dumps((run.env, cwd, payload), worker.PROTOCOL))
         with contextlib.suppress(OSError):  # a dead worker shows as the end of its pipe
             os.write(self.worker.send_fd, frame)
         self.inflight.append(run)

@@ -187,6 +187,8 @@ class InlineBackend(Backend[InlineConfig]):
         else:
             call.function  # noqa: B018 (import a named target now, not in the thread)
         run = InlineRun(new_run_id(call.name), call, timeout, env, payload)
+        if config.working_dir is not None:
+            run.cwd = str(config.working_dir)
         _RUNS[run.run_id] = run
         self._pool().submit(run)
         return InlineRunHandle(run_id=run.run_id, job=call, config=config, run=run, pid=os.getpid())

@@ -26,7 +26,8 @@ from typing import Any, ClassVar, Literal
 import anyio
 from pydantic import ConfigDict, Field
 
-from .. import _proc, worker
+from .. import _proc
+from .. import _worker as worker
 from .._files import default_runs_dir, write_atomic, write_json_atomic
 from .._runs import collect_outputs, last_line, make_run_dir, new_run_id, stage_inputs, tail_lines
 from .._supervisor import cached_supervisor, supervisor_argv

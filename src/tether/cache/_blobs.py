@@ -51,7 +51,7 @@ class BlobDir:
         return name, info.st_size, info.st_mtime_ns
 
     def _write(self, source: Path, target: Path) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".blob.", suffix=".tmp")
         try:
             with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
@@ -80,7 +80,7 @@ class BlobDir:
 
     def restore(self, digest: str, target: Path) -> None:
         """Put the blob at ``target``: a hard link where possible, else a copy."""
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         source = self.path(digest)
         try:
             os.link(source, target)

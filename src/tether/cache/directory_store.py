@@ -76,7 +76,7 @@ class DirectoryStore(CacheStore):
 
     def _put(self, entry: CacheEntry, *, replace: bool) -> bool:
         path = self._entry_path(entry.key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         data = json.dumps(entry.to_json()).encode()
         if replace:
             write_atomic(path, data)
@@ -124,7 +124,7 @@ class DirectoryStore(CacheStore):
     def claim(self, key: str, owner: str) -> Claim | None:
         """Create the claim file exclusively; None when it is ours now."""
         path = self._claim_path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         body = json.dumps({"owner": owner, "claimed": time.time(), "record": None}).encode()
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:

@@ -89,7 +89,9 @@ class SQLiteStore(CacheStore):
         delay = 0.005
         while True:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                # Owner-only: the store holds pickled Call outcomes (unpickled on hits).
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
                 connection = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
                 try:
                     connection.execute("PRAGMA busy_timeout = 30000")
