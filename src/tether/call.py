@@ -111,7 +111,7 @@ class Call(Job):
     ``await handle.result()`` re-raises it, chained to the remote traceback.
     """
 
-    target: str = ""
+    target: str
     by_value: bool = False
     digest: str | None = None
     seed: dict[str, Any] | None = None
@@ -220,7 +220,8 @@ class Call(Job):
                 "target": self.target,
                 "fn": None,
                 "args": live.args,
-                "kwargs": live.kwargs,
+                # Sorted: the order keywords are given in never changes the call.
+                "kwargs": dict(sorted(live.kwargs.items())),
             }
             if self.by_value:
                 data["fn"] = _cloudpickle().dumps(self.function, protocol=worker.PROTOCOL)

@@ -51,6 +51,7 @@ class _Progress:
             enabled = sys.stderr.isatty()
         self._bar: Any = None
         if enabled and total:
+            from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
             self._bar = Progress(
@@ -58,6 +59,7 @@ class _Progress:
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeRemainingColumn(),
+                console=Console(stderr=True),
                 transient=False,
             )
             self._task = self._bar.add_task(label, total=total)
@@ -97,22 +99,26 @@ async def run_calls(
         raise ConfigError(
             f"{type(target).__name__} does not run Call jobs: use InlineConfig or LocalConfig."
         )
-    limit = max_concurrency or _default_concurrency(target)
+    limit = _default_concurrency(target) if max_concurrency is None else max_concurrency
     if limit < 1:
         raise ConfigError(f"max_concurrency must be at least 1, not {limit}")
     results: list[RunResult | None] = [None] * len(calls)
     running: dict[int, RunHandle] = {}
     failure: list[RunResult] = []
+    errors: list[BaseException] = []
     next_index = iter(range(len(calls)))
 
     async def worker(progress_bar: _Progress) -> None:
         for index in next_index:
-            handle = await target.submit(calls[index])
-            running[index] = handle
             try:
-                result = await handle.wait()
-            finally:
-                running.pop(index, None)
+                handle = await target.submit(calls[index])
+            except Exception as exc:  # raised as itself below, not in an ExceptionGroup
+                errors.append(exc)
+                group.cancel_scope.cancel()
+                return
+            running[index] = handle
+            result = await handle.wait()  # if cancelled, the handle stays in `running`
+            del running[index]
             results[index] = result
             progress_bar.advance()
             if not result.ok and not keep_going:
@@ -130,6 +136,8 @@ async def run_calls(
                 with anyio.CancelScope(shield=True):
                     for handle in list(running.values()):
                         await handle.cancel()
+    if errors:
+        raise errors[0]
     if failure:
         first = failure[0]
         if first.exception is not None:

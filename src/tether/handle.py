@@ -175,6 +175,7 @@ class RunHandle(ABC):
         with anyio.move_on_after(timeout):
             result = await self._wait_done()
         if result is None:
+            await self.refresh()  # the message names the state the run is in now
             raise WaitTimeout(
                 f"Run {self._run_id} still {self._state.value} after {timeout:g}s; "
                 "it keeps going (wait again, or cancel it)."
