@@ -19,7 +19,7 @@ import functools
 import os
 import weakref
 from collections.abc import AsyncGenerator
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import anyio
 from pydantic import ConfigDict, Field, model_validator
@@ -32,7 +32,9 @@ from ..errors import ConfigError
 from ..handle import RunHandle, Stream, check_stream
 from ..job import Job
 from ..result import RunResult, RunState, utc_time
-from ._inline_pool import InlineRun, Pool, get_pool
+
+if TYPE_CHECKING:  # the pools (threads, ctypes, subprocess) load on first submit
+    from ._inline_pool import InlineRun, Pool
 
 _CAPABILITIES = frozenset({"calls", "cancel", "timeout"})
 
@@ -147,6 +149,8 @@ class InlineBackend(Backend[InlineConfig]):
         """The shared pool for these settings, looked up once per process."""
         pid = os.getpid()
         if self._pool_of is None or self._pool_of[0] != pid:
+            from ._inline_pool import get_pool
+
             config = self.config
             pool = get_pool(config.mode, config.workers, config.cancel_grace, config.capture_output)
             self._pool_of = (pid, pool)
@@ -186,6 +190,8 @@ class InlineBackend(Backend[InlineConfig]):
                 env = {**config.resolved_env(), **call.resolved_env()}
         else:
             call.function  # noqa: B018 (import a named target now, not in the thread)
+        from ._inline_pool import InlineRun
+
         run = InlineRun(new_run_id(call.name), call, timeout, env, payload)
         if config.working_dir is not None:
             run.cwd = str(config.working_dir)
