@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 import traceback
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from queue import Empty, SimpleQueue
 from typing import Any, TextIO
@@ -208,7 +209,7 @@ def _install_streams() -> None:
 # -- pools --------------------------------------------------------------------------------
 
 
-class Pool:
+class Pool(ABC):
     """A fixed number of slots taking runs from one queue."""
 
     def __init__(self, workers: int, grace: float) -> None:
@@ -225,8 +226,9 @@ class Pool:
     def submit(self, run: InlineRun) -> None:
         self.queue.put(run)
 
+    @abstractmethod
     def _slot(self) -> None:
-        raise NotImplementedError  # each pool kind defines its slot loop
+        """Take runs from the queue and run them until a ``None`` arrives."""
 
     def close(self) -> None:
         for _ in self.threads:
