@@ -213,6 +213,17 @@ class DockerHarness(LocalHarness):
         assert status == 204, info
 
 
+def _contract_call(
+    lines: Any, duration: float, exit_code: int, env: dict[str, Any] | None, walltime: float | None
+) -> Call:
+    """The Call every Call harness runs: print ``lines`` over ``duration``, then exit."""
+    return Call(contract_call, list(lines), duration, exit_code).options(
+        name="contract",
+        env=env or {},
+        resources={"walltime": walltime} if walltime else {},
+    )
+
+
 class LocalCallHarness(LocalHarness):
     """``Call`` jobs on the local backend: the worker module runs them as commands."""
 
@@ -222,12 +233,7 @@ class LocalCallHarness(LocalHarness):
         self, *, lines=(), duration=0.0, exit_code=0, env=None, config_env=None, walltime=None
     ):  # type: ignore[no-untyped-def]
         config = LocalConfig(runs_dir=self.runs_dir, env_vars=config_env or {}, cancel_grace=2)
-        job = Call(contract_call, list(lines), duration, exit_code).options(
-            name="contract",
-            env=env or {},
-            resources={"walltime": walltime} if walltime else {},
-        )
-        return config.create(), job
+        return config.create(), _contract_call(lines, duration, exit_code, env, walltime)
 
 
 class InlineHarness(Harness):
@@ -243,12 +249,7 @@ class InlineHarness(Harness):
         self, *, lines=(), duration=0.0, exit_code=0, env=None, config_env=None, walltime=None
     ):  # type: ignore[no-untyped-def]
         config = InlineConfig(mode=self.mode, env_vars=config_env or {}, cancel_grace=2)
-        job = Call(contract_call, list(lines), duration, exit_code).options(
-            name="contract",
-            env=env or {},
-            resources={"walltime": walltime} if walltime else {},
-        )
-        return config.create(), job
+        return config.create(), _contract_call(lines, duration, exit_code, env, walltime)
 
     def assert_nothing_running(self, handle: RunHandle) -> None:
         assert isinstance(handle, InlineRunHandle) and handle._run is not None
