@@ -65,6 +65,22 @@ def reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
+def find_by_argument(argument: str) -> int | None:
+    """The pid of a live process whose command line has ``argument`` as one argument."""
+    needle = argument.encode()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as handle:
+                args = handle.read().split(b"\0")
+        except OSError:
+            continue
+        if needle in args and is_running(int(entry.name), None):
+            return int(entry.name)
+    return None
+
+
 def session_members(sid: int) -> Iterator[int]:
     """Live pids in session ``sid`` (the run's whole tree), leader and zombies aside."""
     for entry in os.scandir("/proc"):

@@ -45,6 +45,17 @@ def new_run_id(name: str) -> str:
     return f"{_slug(name)}-{_stamp(int(time.time()))}-{random.getrandbits(32):08x}"
 
 
+def chosen_run_id(run_id: str | None, name: str) -> str:
+    """``run_id`` when the caller chose one (checked to be a safe folder name), else a new one."""
+    if run_id is None:
+        return new_run_id(name)
+    if not run_id or _UNSAFE.search(run_id) or run_id.startswith(".") or len(run_id) > 200:
+        raise SubmitError(
+            f"run_id {run_id!r} is not a safe folder name: use letters, digits, '.', '_' and '-'"
+        )
+    return run_id
+
+
 @functools.lru_cache(maxsize=256)
 def _slug(name: str) -> str:
     return _UNSAFE.sub("-", name).strip("-.").lower()[:40] or "run"

@@ -42,6 +42,16 @@ class Backend(ABC, Generic[C]):
         FAILED with the reason in ``RunResult.error``.
         """
 
+    async def find(self, job: Job, run_id: str) -> RunHandle | None:
+        """The run that ``submit(job, run_id=run_id)`` started, or None if none started.
+
+        A submitter that died between asking for a run and recording its handle (a
+        pipeline killed mid-step) finds the run again instead of starting a second
+        one. Backends with the ``find`` capability implement this and take a
+        ``run_id`` keyword in ``submit``; the default cannot tell and says None.
+        """
+        return None
+
     async def cache_fields(self) -> dict[str, Any]:
         """What of this backend decides a run's result, for cache keys.
 

@@ -204,6 +204,13 @@ class Call(Job):
         copy._live = self._live
         return copy
 
+    def with_arguments(self, *args: Any, **kwargs: Any) -> Call:
+        """A copy that calls the same function with other arguments (settings kept)."""
+        live = self._require_live()
+        copy = self.model_copy(update={"digest": None})
+        copy._live = _Live(live.fn, args, kwargs)
+        return copy
+
     def with_seed(self, seed: dict[str, Any]) -> Call:
         """A copy marked as an ensemble member (``seed`` is its JSON identity)."""
         copy = self.model_copy(update={"seed": seed})

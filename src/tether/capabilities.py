@@ -16,6 +16,8 @@ CAPABILITIES: dict[str, str] = {
     "calls": "runs Python Call jobs",
     "detached": "a run outlives the Python process that submitted it",
     "reattach": "a saved handle re-attaches to the run from another process",
+    "find": "submit(job, run_id=...) uses the given id and find() re-attaches to that run "
+    "after the submitter died, so a resumed pipeline never starts a step twice",
     "cancel": "cancel() ends the run and everything it started",
     "timeout": "the backend itself enforces the run's timeout",
     "logs_follow": "logs(follow=True) streams new lines while the run goes on",

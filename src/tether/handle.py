@@ -116,6 +116,8 @@ class RunHandle(ABC):
         if self._result is not None:
             return self._result
         self._set_state(result.state)
+        if result.run_dir is None and self._run_dir is not None:
+            result = result.model_copy(update={"run_dir": self._run_dir})
         self._result = result
         return result
 

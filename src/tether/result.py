@@ -62,6 +62,8 @@ class RunResult(BaseModel):
     stdout: Path | None = None
     stderr: Path | None = None
     outputs: list[Path] = []
+    #: The run's folder (logs, outputs, records), for backends that keep one.
+    run_dir: Path | None = None
     error: str | None = None
     value: Any = Field(None, exclude=True)
     exception: BaseException | None = Field(None, exclude=True)

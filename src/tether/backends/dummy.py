@@ -21,17 +21,18 @@ import anyio
 from pydantic import ConfigDict, Field, field_validator
 
 from .._files import default_runs_dir, write_atomic, write_json_atomic
-from .._runs import make_run_dir, new_run_id, stage_inputs
+from .._runs import chosen_run_id, make_run_dir, stage_inputs
 from ..backend import Backend
 from ..call import refuse_calls
 from ..config import BackendConfig
+from ..errors import RecordError
 from ..handle import RunHandle, Stream, check_stream
 from ..job import Job
 from ..records import write_record
 from ..result import RunResult, RunState, utc_time
 
 _CAPABILITIES = frozenset(
-    {"detached", "reattach", "cancel", "logs_follow", "commands", "timeout", "simulated"}
+    {"detached", "reattach", "find", "cancel", "logs_follow", "commands", "timeout", "simulated"}
 )
 
 
@@ -112,13 +113,14 @@ class DummyBackend(Backend[DummyConfig]):
 
     capabilities: ClassVar[frozenset[str]] = _CAPABILITIES
 
-    async def submit(self, job: Job) -> DummyRunHandle:
-        """Create the run folder and start the simulated clock."""
+    async def submit(self, job: Job, *, run_id: str | None = None) -> DummyRunHandle:
+        """Create the run folder and start the simulated clock.
+
+        ``run_id`` (default: a new one) names the run and its folder; see :meth:`find`.
+        """
         refuse_calls(job, "dummy")
-        run_id = new_run_id(job.name)
-        run_dir = make_run_dir(
-            (self.config.runs_dir or default_runs_dir()).expanduser().absolute(), run_id
-        )
+        run_id = chosen_run_id(run_id, job.name)
+        run_dir = make_run_dir(self._runs_dir(), run_id)
         stage_inputs(job.inputs, run_dir)
         timeout = float(self.config.timeout)
         if job.resources.walltime is not None:
@@ -132,6 +134,22 @@ class DummyBackend(Backend[DummyConfig]):
             timeout=timeout,
         )
         write_record(run_dir / "handle.json", handle.to_record(), sync=False)
+        return handle
+
+    def _runs_dir(self) -> Path:
+        return (self.config.runs_dir or default_runs_dir()).expanduser().absolute()
+
+    async def find(self, job: Job, run_id: str) -> DummyRunHandle | None:
+        """The run ``submit(job, run_id=run_id)`` made: a simulated run exists once
+        its record does, so without ``handle.json`` it never started."""
+        record = self._runs_dir() / chosen_run_id(run_id, job.name) / "handle.json"
+        if not record.is_file():
+            return None
+        from ..registry import load_handle
+
+        handle = await load_handle(record)
+        if not isinstance(handle, DummyRunHandle):
+            raise RecordError(f"'{record}' is a {handle.backend_type!r} run, not a dummy one.")
         return handle
 
 

@@ -29,20 +29,27 @@ from pydantic import ConfigDict, Field
 from .. import _proc
 from .. import _worker as worker
 from .._files import default_runs_dir, write_atomic, write_json_atomic
-from .._runs import collect_outputs, last_line, make_run_dir, new_run_id, stage_inputs, tail_lines
+from .._runs import (
+    chosen_run_id,
+    collect_outputs,
+    last_line,
+    make_run_dir,
+    stage_inputs,
+    tail_lines,
+)
 from .._supervisor import cached_supervisor, supervisor_argv
 from ..backend import Backend
 from ..call import Call, call_argv, outcome_fields
 from ..capabilities import Availability
 from ..config import BackendConfig
-from ..errors import BackendUnavailableError, ConfigError, SubmitError
+from ..errors import BackendUnavailableError, ConfigError, RecordError, SubmitError
 from ..handle import RunHandle, Stream, check_stream
 from ..job import Job
 from ..records import write_record
 from ..result import RunResult, RunState, utc_time
 
 _CAPABILITIES = frozenset(
-    {"detached", "reattach", "cancel", "logs_follow", "commands", "calls", "timeout"}
+    {"detached", "reattach", "find", "cancel", "logs_follow", "commands", "calls", "timeout"}
 )
 
 
@@ -172,8 +179,11 @@ class LocalBackend(Backend[LocalConfig]):
         except ValueError as exc:
             raise ConfigError(f"Job {job.name!r}: cannot split command ({exc}).") from exc
 
-    async def submit(self, job: Job) -> LocalRunHandle:
-        """Start ``job`` under a supervisor and return at once."""
+    async def submit(self, job: Job, *, run_id: str | None = None) -> LocalRunHandle:
+        """Start ``job`` under a supervisor and return at once.
+
+        ``run_id`` (default: a new one) names the run and its folder; see :meth:`find`.
+        """
         argv = self._argv(job)
         payload = job.payload() if isinstance(job, Call) else None
         config = self.config
@@ -185,11 +195,9 @@ class LocalBackend(Backend[LocalConfig]):
         if supervisor is None:
             supervisor = await anyio.to_thread.run_sync(supervisor_argv)
         _reap_finished()
-        run_id = new_run_id(job.name)
-        run_dir = make_run_dir(
-            (config.runs_dir or default_runs_dir()).expanduser().absolute(), run_id
-        )
-        cwd = (job.workdir or config.working_dir or run_dir).expanduser().absolute()
+        run_id = chosen_run_id(run_id, job.name)
+        run_dir = make_run_dir(self._runs_dir(), run_id)
+        cwd = self._cwd(job, run_dir)
         try:
             stage_inputs(job.inputs, run_dir)
             if payload is not None:
@@ -229,18 +237,7 @@ class LocalBackend(Backend[LocalConfig]):
                 raise SubmitError(f"Cannot start run of job {job.name!r}: {exc}") from exc
             raise
         _children.add(pid)
-        handle = LocalRunHandle(
-            run_id=run_id,
-            job=job,
-            config=config,
-            run_dir=run_dir,
-            cwd=cwd,
-            pid=pid,
-            ticks=_proc.start_ticks(pid),
-            boot_id=_boot_id(),
-            started_at=started,
-            timeout=timeout,
-        )
+        handle = self._handle(job, run_id, run_dir, pid, started)
         # A copy of the handle in the run folder: runs can be found and re-attached
         # from the folder alone (``tether ls``), even if the caller never saves one.
         try:
@@ -248,6 +245,57 @@ class LocalBackend(Backend[LocalConfig]):
         except OSError as exc:
             await handle.cancel()  # a run nobody could find again must not go on
             raise SubmitError(f"Cannot write the run record in '{run_dir}': {exc}") from exc
+        return handle
+
+    def _runs_dir(self) -> Path:
+        return (self.config.runs_dir or default_runs_dir()).expanduser().absolute()
+
+    def _cwd(self, job: Job, run_dir: Path) -> Path:
+        return (job.workdir or self.config.working_dir or run_dir).expanduser().absolute()
+
+    def _handle(
+        self, job: Job, run_id: str, run_dir: Path, pid: int, started: float
+    ) -> LocalRunHandle:
+        timeout = float(self.config.timeout)
+        if job.resources.walltime is not None:
+            timeout = min(timeout, job.resources.walltime)
+        return LocalRunHandle(
+            run_id=run_id,
+            job=job,
+            config=self.config,
+            run_dir=run_dir,
+            cwd=self._cwd(job, run_dir),
+            pid=pid,
+            ticks=_proc.start_ticks(pid),
+            boot_id=_boot_id(),
+            started_at=started,
+            timeout=timeout,
+        )
+
+    async def find(self, job: Job, run_id: str) -> LocalRunHandle | None:
+        """The run ``submit(job, run_id=run_id)`` started, even if its submitter died early.
+
+        Its ``handle.json`` if written; else the supervisor found by its run folder
+        argument (the submitter died between starting it and writing the record),
+        or the exit record it left. None when the run never started.
+        """
+        run_dir = self._runs_dir() / chosen_run_id(run_id, job.name)
+        record = run_dir / "handle.json"
+        if record.is_file():
+            from ..registry import load_handle
+
+            handle = await load_handle(record)
+            if not isinstance(handle, LocalRunHandle):
+                raise RecordError(f"'{record}' is a {handle.backend_type!r} run, not a local one.")
+            return handle
+        if not run_dir.is_dir():
+            return None
+        pid = await anyio.to_thread.run_sync(_proc.find_by_argument, str(run_dir))
+        if pid is None and not (run_dir / "exit.json").is_file():
+            return None  # the supervisor never started: the command never ran
+        handle = self._handle(job, run_id, run_dir, pid or 0, run_dir.stat().st_mtime)
+        write_record(record, handle.to_record(), sync=False)
+        await handle.refresh()
         return handle
 
 

@@ -315,11 +315,14 @@ class CachedBackend(Backend[CachedConfig]):
         fields = await self._inner.cache_fields()
         return await anyio.to_thread.run_sync(self._key, job, fields, self.config.cache_version)
 
-    async def submit(self, job: Job, *, refresh: bool | None = None) -> CachedRunHandle:
+    async def submit(
+        self, job: Job, *, refresh: bool | None = None, run_id: str | None = None
+    ) -> CachedRunHandle:
         """A finished handle on a hit; else the shared run of the key, or a new one.
 
         ``refresh`` (default: the config's) runs the job even when recorded, and the
-        new result replaces the entry.
+        new result replaces the entry. ``run_id`` names a new run of the inner backend
+        (one with the ``find`` capability); see :meth:`find`.
         """
         refresh = self.config.refresh if refresh is None else refresh
         fields = await self._inner.cache_fields()
@@ -361,7 +364,10 @@ class CachedBackend(Backend[CachedConfig]):
                 await anyio.to_thread.run_sync(self._store.release, key, owner)
                 return hit
         try:
-            inner = await self._inner.submit(job)
+            if run_id is None:
+                inner = await self._inner.submit(job)
+            else:
+                inner = await self._inner.submit(job, run_id=run_id)  # type: ignore[call-arg]
             await anyio.to_thread.run_sync(self._store.set_record, key, owner, inner.to_record())
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -369,6 +375,33 @@ class CachedBackend(Backend[CachedConfig]):
             raise
         _SHARED[(location, key)] = _Shared(inner, owner)
         return self._wrap(job, key, inner, owner, replace=refresh)
+
+    async def find(self, job: Job, run_id: str) -> CachedRunHandle | None:
+        """The inner run a miss of ``submit(job, run_id=run_id)`` started, shared again.
+
+        When its submitter died before recording the run in its claim, the claim is
+        taken over and given the run's record, so other submitters share it too.
+        """
+        inner = await self._inner.find(job, run_id)
+        if inner is None:
+            return None
+        key = await self.key(job)
+        owner = await anyio.to_thread.run_sync(self._adopt, key, inner)
+        return self._wrap(job, key, inner, owner, replace=False)
+
+    def _adopt(self, key: str, inner: RunHandle) -> str:
+        """Own the claim of ``key`` for ``inner`` when free or stale; return the owner."""
+        owner = new_owner()
+        claim = self._store.claim(key, owner)
+        if claim is not None:
+            if claim.record is not None and claim.record.get("run_id") == inner.run_id:
+                return claim.owner  # already shared through its claim
+            if owner_alive(claim.owner) or not self._store.steal(key, claim, owner):
+                return owner  # someone else runs the key: this run is concluded alone
+        self._store.set_record(key, owner, inner.to_record())
+        if not inner.state.is_terminal:
+            _SHARED[(str(self._store.location), key)] = _Shared(inner, owner)
+        return owner
 
     def _key_and_hit(
         self, job: Job, fields: dict[str, Any], refresh: bool
@@ -474,6 +507,7 @@ def _relative(result: RunResult, run_dir: Path | None) -> tuple[dict[str, Any], 
     data["stdout"] = rel(result.stdout)
     data["stderr"] = rel(result.stderr)
     data["outputs"] = [r for r in (rel(p) for p in result.outputs) if r is not None]
+    data["run_dir"] = None  # a hit gets its own folder
     return data, files
 
 
@@ -484,6 +518,7 @@ def _absolute(data: dict[str, Any], run_id: str, run_dir: Path) -> RunResult:
     for stream in ("stdout", "stderr"):
         fixed[stream] = None if data.get(stream) is None else run_dir / data[stream]
     fixed["outputs"] = [run_dir / p for p in data.get("outputs", [])]
+    fixed["run_dir"] = run_dir
     return RunResult.model_validate(fixed)
 
 
