@@ -44,10 +44,21 @@ from .errors import (
 )
 from .handle import RunHandle
 from .job import Job, Resources
+from .pipelines import (
+    Pipeline,
+    PipelineEvent,
+    PipelineResult,
+    Step,
+    StepReport,
+    StepState,
+    pipeline,
+)
+from .postprocess import ArchivePostprocessor, NoopPostprocessor, Postprocessor
 from .registry import backend_configs, load_config, load_handle, load_job
 from .result import RunResult, RunState
 
 __all__ = [
+    "ArchivePostprocessor",
     "Availability",
     "Backend",
     "BackendConfig",
@@ -78,6 +89,11 @@ __all__ = [
     "LocalConfig",
     "LocalRunHandle",
     "MapError",
+    "NoopPostprocessor",
+    "Pipeline",
+    "PipelineEvent",
+    "PipelineResult",
+    "Postprocessor",
     "PrunedContainer",
     "Recommendation",
     "RecordError",
@@ -88,6 +104,9 @@ __all__ = [
     "RunResult",
     "RunState",
     "SQLiteStore",
+    "Step",
+    "StepReport",
+    "StepState",
     "SubmitError",
     "TetherError",
     "UnknownBackendError",
@@ -99,6 +118,7 @@ __all__ = [
     "load_handle",
     "load_job",
     "map_calls",
+    "pipeline",
     "recommended_backend",
     "run",
     "run_sync",

@@ -63,10 +63,10 @@ def get_postprocessor(processor: str | Postprocessor) -> Postprocessor:
     if not isinstance(processor, str):
         if not callable(getattr(processor, "process", None)):
             raise ConfigError(
-                f"{type(processor).__name__} is not a postprocessor: it needs a "
+                f"{processor_name(processor)} is not a postprocessor: it needs a "
                 "process(result, **kwargs) method."
             )
-        return processor
+        return _instance(processor, processor_name(processor))
     plugins = _plugins.discover(_plugins.POSTPROCESSORS)
     found = plugins.found.get(processor)
     if found is None:
@@ -76,13 +76,29 @@ def get_postprocessor(processor: str | Postprocessor) -> Postprocessor:
             )
         known = ", ".join(sorted(plugins.found)) or "none"
         raise ConfigError(f"Unknown postprocessor {quote(processor)}; known ones: {known}.")
-    instance: Postprocessor = found() if isinstance(found, type) else found
-    return instance
+    return _instance(found, processor)
 
 
-def processor_name(processor: str | Postprocessor) -> str:
+def _instance(obj: Any, name: str) -> Postprocessor:
+    """``obj`` itself, or an instance when it is a class (made with no arguments)."""
+    if not isinstance(obj, type):
+        instance: Postprocessor = obj
+        return instance
+    try:
+        made: Postprocessor = obj()
+    except TypeError as exc:
+        raise ConfigError(
+            f"Postprocessor {name!r} cannot be made without arguments ({exc}): "
+            "pass an instance instead."
+        ) from exc
+    return made
+
+
+def processor_name(processor: str | Postprocessor | type) -> str:
     """How reports name ``processor``: its registry name, or its class name."""
-    return processor if isinstance(processor, str) else type(processor).__name__
+    if isinstance(processor, str):
+        return processor
+    return processor.__name__ if isinstance(processor, type) else type(processor).__name__
 
 
 async def run_postprocessor(
@@ -109,7 +125,7 @@ async def run_postprocessor(
     except anyio.get_cancelled_exc_class():
         raise
     except Exception as exc:
-        first = f"{exc}".splitlines()[0] if f"{exc}" else ""
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
         return {
             "success": False,
             "message": f"postprocessor {name!r} raised {type(exc).__name__}: {first}".rstrip(": "),
@@ -123,6 +139,7 @@ async def run_postprocessor(
             "processor": name,
         }
     report = dict(raw)
-    report.setdefault("message", "succeeded" if report["success"] else "failed")
+    if not isinstance(report.get("message"), str):
+        report["message"] = "succeeded" if report["success"] else "failed"
     report.setdefault("processor", name)
     return report
