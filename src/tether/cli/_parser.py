@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import __version__
-from . import _backends, _cache, _commands, _docker, _ls
+from . import _backends, _cache, _commands, _docker, _ls, _pipeline
 
 Command = Callable[[argparse.Namespace], Awaitable[int]]
 
@@ -257,6 +257,42 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-size", metavar="SIZE", help="keep at most this much (e.g. 10G, 500m, bytes)"
     )
     store_option(sub)
+
+    pipeline = _add(commands, "pipeline", "run pipelines of steps from YAML files, resumably")
+    verbs = pipeline.add_subparsers(dest="verb", required=True, metavar="VERB")
+    sub = _add(
+        verbs,
+        "run",
+        "run a pipeline file; run it again after a crash to resume where it stopped",
+        _pipeline.run,
+    )
+    sub.add_argument("file", type=Path, metavar="FILE", help="pipeline file (YAML or JSON)")
+    sub.add_argument(
+        "--state",
+        type=Path,
+        metavar="S",
+        help="state file (default: the file's 'state', else FILE's name with .state.jsonl)",
+    )
+    sub.add_argument(
+        "--max-concurrency",
+        type=int,
+        metavar="N",
+        help="most runs in flight at once (default: the file's, else 64)",
+    )
+    sub.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="after a failed step, run every step that does not depend on it",
+    )
+    sub.add_argument(
+        "--fresh", action="store_true", help="forget the state file and run every step again"
+    )
+    _json(sub, "the full result")
+    sub = _add(verbs, "status", "print what a pipeline state file records", _pipeline.status)
+    sub.add_argument("state", type=Path, metavar="STATE", help="pipeline state file")
+    _json(sub, "the steps")
+    sub = _add(verbs, "validate", "check a pipeline file and print its steps", _pipeline.validate)
+    sub.add_argument("file", type=Path, metavar="FILE", help="pipeline file (YAML or JSON)")
 
     docker = _add(commands, "docker", "manage the Docker backend's containers")
     verbs = docker.add_subparsers(dest="verb", required=True, metavar="VERB")

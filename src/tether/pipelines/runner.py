@@ -132,14 +132,16 @@ class Pipeline:
         Cancelling the awaiting task cancels the pipeline's runs, records them
         CANCELLED and re-raises; a later run with the state file picks up there.
         """
+        subscribers, self._subscribers = self._subscribers, []
         if max_concurrency is not None and (
             isinstance(max_concurrency, bool)
             or not isinstance(max_concurrency, int)
             or max_concurrency < 1
         ):
+            for send in subscribers:
+                send.close()
             raise ConfigError(f"max_concurrency must be an int >= 1, not {max_concurrency!r}")
         path = Path(state) if state is not None else self.state
-        subscribers, self._subscribers = self._subscribers, []
         runner = _Run(self, max_concurrency or DEFAULT_CONCURRENCY, fail_fast, path, subscribers)
         return await runner.run()
 
@@ -310,12 +312,12 @@ class _Run:
 
     async def run(self) -> PipelineResult:
         started = time.time()
-        for name, step in self.steps.items():
-            self.backends[name] = backend = self.backend_of(step)
-            self.digests[name] = step.digest(backend.config.cache_fields())
-        if self.journal is not None:
-            self.replay = self.journal.open()
         try:
+            for name, step in self.steps.items():
+                self.backends[name] = backend = self.backend_of(step)
+                self.digests[name] = step.digest(backend.config.cache_fields())
+            if self.journal is not None:
+                self.replay = self.journal.open()
             self.emit("pipeline", "RUNNING", message=self.pipeline.name)
             done, fresh = await self.plan()
             for name in fresh:
