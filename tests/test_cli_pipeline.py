@@ -1,0 +1,273 @@
+"""``tether pipeline run|status|validate`` through the real console script."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from tether.pipelines import journal
+
+from .cli_support import CLI, TETHER
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "pipeline" / "pipeline.yml"
+
+
+def _one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("tether: error: ")
+    return lines[0]
+
+
+def _counting_pipeline(cli: CLI, *, fail: bool = False, slow: float = 0.0) -> Path:
+    """Three steps that each append a line to <tmp>/effects/<step>, so runs can be counted."""
+    effects = cli.tmp / "effects"
+    effects.mkdir(exist_ok=True)
+    last = "exit 3" if fail else "true"
+    return cli.write(
+        "p.yml",
+        f"""\
+name: counted
+backend: {{type: local}}
+steps:
+  - name: first
+    job: {{command: "echo x >> {effects}/first; sleep {slow}; echo one > one.txt",
+           outputs: [one.txt]}}
+  - name: second
+    inputs_from: [first]
+    job: {{command: "echo x >> {effects}/second; cat one.txt > two.txt; {last}",
+           outputs: [two.txt]}}
+  - name: side
+    job: {{command: "echo x >> {effects}/side"}}
+""",
+    )
+
+
+def _count(cli: CLI, step: str) -> int:
+    path = cli.tmp / "effects" / step
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_validate_prints_the_steps_in_start_order(cli: CLI) -> None:
+    proc = cli("pipeline", "validate", EXAMPLE)
+    assert proc.returncode == 0, proc.stderr
+    assert "valid pipeline 'wave-demo', 3 steps: grid, simulate, summary" in proc.stdout
+
+
+def test_validate_errors_are_one_line_with_file_and_line(cli: CLI) -> None:
+    bad = cli.write("bad.yml", "steps:\n  - name: a\n    job: {command: ls}\n    colour: red\n")
+    line = _one_error_line(cli("pipeline", "validate", bad))
+    assert f"{bad}:4: steps.0.colour: unknown field" in line
+
+    cycle = cli.write(
+        "cycle.yml",
+        "steps:\n"
+        "  - {name: a, job: {command: ls}, depends_on: [c]}\n"
+        "  - {name: b, job: {command: ls}, depends_on: [a]}\n"
+        "  - {name: c, job: {command: ls}, depends_on: [b]}\n",
+    )
+    line = _one_error_line(cli("pipeline", "validate", cycle))
+    assert "cycle" in line and "a -> c -> b -> a" in line
+
+    unknown = cli.write(
+        "unknown.yml", "steps:\n  - {name: a, job: {command: ls}, depends_on: [zz]}\n"
+    )
+    line = _one_error_line(cli("pipeline", "validate", unknown))
+    assert "'zz', which is not a step" in line
+
+    job_error = cli.write("job.yml", "steps:\n  - name: a\n    job:\n      command: []\n")
+    line = _one_error_line(cli("pipeline", "validate", job_error))
+    assert f"{job_error}:4: steps.0.job.command" in line
+
+    backend = cli.write(
+        "be.yml", "steps:\n  - {name: a, job: {command: ls}, backend: {type: nope}}\n"
+    )
+    assert "Unknown backend type 'nope'" in _one_error_line(cli("pipeline", "run", backend))
+
+
+def test_run_the_example_then_resume_skips_everything(cli: CLI) -> None:
+    state = cli.tmp / "s.jsonl"
+    proc = cli("pipeline", "run", EXAMPLE, "--state", state)
+    assert proc.returncode == 0, proc.stderr
+    assert "pipeline wave-demo succeeded" in proc.stdout
+    summary = next((cli.home / "runs").glob("summary-*/summary.txt")).read_text()
+    assert summary.splitlines() == ["wind=5 hs=0.10", "wind=10 hs=0.21", "wind=20 hs=0.42"] or (
+        summary.count("wind=") == 3
+    )
+    archives = sorted((cli.home / "runs").glob("simulate-*/archive.zip"))
+    assert len(archives) == 3
+    runs_before = sorted(p.name for p in (cli.home / "runs").iterdir())
+
+    again = cli("pipeline", "run", EXAMPLE, "--state", state)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("finished in an earlier run") == 3
+    assert sorted(p.name for p in (cli.home / "runs").iterdir()) == runs_before
+
+    status = cli("pipeline", "status", state, "--json")
+    assert status.returncode == 0, status.stderr
+    info = json.loads(status.stdout)
+    assert info["pipeline"] == "wave-demo" and info["running"] is False
+    assert {name: step["state"] for name, step in info["steps"].items()} == {
+        "grid": "SUCCEEDED",
+        "simulate": "SUCCEEDED",
+        "summary": "SUCCEEDED",
+    }
+    assert [run["state"] for run in info["steps"]["simulate"]["runs"]] == ["SUCCEEDED"] * 3
+
+
+def test_a_failed_step_exits_1_and_a_fixed_rerun_runs_only_what_failed(cli: CLI) -> None:
+    pipeline = _counting_pipeline(cli, fail=True)
+    state = cli.tmp / "state.jsonl"
+    proc = cli("pipeline", "run", pipeline, "--state", state, "--keep-going")
+    assert proc.returncode == 1
+    assert "second" in proc.stdout and "FAILED" in proc.stdout and "exit code 3" in proc.stdout
+    assert "pipeline counted did not succeed (second)" in proc.stdout
+    assert "tether: resume with `tether pipeline run" in proc.stderr
+    assert (_count(cli, "first"), _count(cli, "second"), _count(cli, "side")) == (1, 1, 1)
+
+    status = cli("pipeline", "status", state)
+    assert status.returncode == 1
+    assert "second  FAILED" in status.stdout
+
+    _counting_pipeline(cli, fail=False)  # fix the step
+    again = cli("pipeline", "run", pipeline, "--state", state)
+    assert again.returncode == 0, again.stderr
+    assert (_count(cli, "first"), _count(cli, "second"), _count(cli, "side")) == (1, 2, 1)
+
+
+def test_fail_fast_skips_what_is_left_and_keep_going_runs_it(cli: CLI) -> None:
+    broken = cli.write(
+        "ff.yml",
+        "steps:\n"
+        "  - {name: bad, job: {command: 'exit 4'}}\n"
+        "  - {name: after, depends_on: [bad], job: {command: 'true'}}\n",
+    )
+    proc = cli("pipeline", "run", broken, "--json")
+    assert proc.returncode == 1
+    result = json.loads(proc.stdout)  # --json: nothing else on stdout
+    assert result["success"] is False and result["run_success"] is False
+    assert result["steps"]["after"]["state"] == "SKIPPED"
+    assert result["steps"]["after"]["reason"] in (
+        "upstream step 'bad' FAILED",
+        "fail-fast: step 'bad' failed",
+    )
+
+
+def test_fresh_runs_every_step_again(cli: CLI) -> None:
+    pipeline = _counting_pipeline(cli)
+    state = cli.tmp / "state.jsonl"
+    assert cli("pipeline", "run", pipeline, "--state", state).returncode == 0
+    assert cli("pipeline", "run", pipeline, "--state", state).returncode == 0
+    assert _count(cli, "first") == 1
+    assert cli("pipeline", "run", pipeline, "--state", state, "--fresh").returncode == 0
+    assert _count(cli, "first") == 2
+
+
+def test_default_state_file_sits_next_to_the_pipeline_file(cli: CLI) -> None:
+    pipeline = _counting_pipeline(cli)
+    assert cli("pipeline", "run", pipeline).returncode == 0
+    assert (cli.tmp / "p.state.jsonl").is_file()
+    assert (cli.tmp / "p.state.jsonl").stat().st_mode & 0o777 == 0o600
+
+
+def test_sigkilled_pipeline_resumes_and_runs_each_step_once(cli: CLI) -> None:
+    pipeline = _counting_pipeline(cli, slow=2.0)
+    state = cli.tmp / "state.jsonl"
+    with subprocess.Popen(
+        [TETHER, "pipeline", "run", str(pipeline), "--state", str(state)],
+        cwd=cli.tmp,
+        env=cli.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ) as proc:
+        deadline = time.monotonic() + 20
+        while _count(cli, "first") == 0:  # the slow first step has started
+            assert time.monotonic() < deadline, "the first step never started"
+            time.sleep(0.05)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    status = cli("pipeline", "status", state)
+    # Not finished and nobody runs it (exit 1), though its run outlived the pipeline.
+    assert status.returncode == 1
+    assert "not running" in status.stdout
+    assert "first  RUNNING" in status.stdout
+
+    again = cli("pipeline", "run", pipeline, "--state", state)
+    assert again.returncode == 0, again.stderr
+    assert (_count(cli, "first"), _count(cli, "second"), _count(cli, "side")) == (1, 1, 1)
+    replay = journal.read(state)
+    assert {name: step.state for name, step in replay.steps.items()} == {
+        "first": "SUCCEEDED",
+        "second": "SUCCEEDED",
+        "side": "SUCCEEDED",
+    }
+
+
+def test_a_state_file_in_use_is_refused(cli: CLI) -> None:
+    pipeline = _counting_pipeline(cli, slow=2.0)
+    state = cli.tmp / "state.jsonl"
+    with subprocess.Popen(
+        [TETHER, "pipeline", "run", str(pipeline), "--state", str(state)],
+        cwd=cli.tmp,
+        env=cli.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ) as first:
+        deadline = time.monotonic() + 20
+        while _count(cli, "first") == 0:
+            assert time.monotonic() < deadline, "the first pipeline never started"
+            time.sleep(0.05)
+        line = _one_error_line(cli("pipeline", "run", pipeline, "--state", state))
+        assert "in use by another running pipeline" in line
+        assert "running now" in cli("pipeline", "status", state).stdout
+        fresh = _one_error_line(cli("pipeline", "run", pipeline, "--state", state, "--fresh"))
+        assert "--fresh cannot start over while it runs" in fresh
+        assert first.wait(timeout=30) == 0
+    assert _count(cli, "first") == 1
+
+
+def test_status_of_a_missing_file_is_a_usage_error(cli: CLI) -> None:
+    line = _one_error_line(cli("pipeline", "status", cli.tmp / "nope.jsonl"))
+    assert "No pipeline state file" in line
+
+
+def test_run_on_a_terminal_draws_a_live_table(cli: CLI) -> None:
+    pipeline = _counting_pipeline(cli, slow=0.6)
+    controller, terminal = pty.openpty()
+    try:
+        with subprocess.Popen(
+            [TETHER, "pipeline", "run", str(pipeline)],
+            cwd=cli.tmp,
+            env=cli.env,
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+            text=True,
+        ) as proc:
+            os.close(terminal)
+            shown = b""
+            while True:
+                try:
+                    chunk = os.read(controller, 4096)
+                except OSError:  # EIO: every writer of the terminal has closed it
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+            out, _ = proc.communicate(timeout=30)
+    finally:
+        os.close(controller)
+    assert proc.returncode == 0, out
+    text = shown.decode()
+    assert "pipeline" in text and "first" in text and "RUNNING" in text
+    assert "SUCCEEDED" in text
+    assert "pipeline counted succeeded" in out
