@@ -214,7 +214,7 @@ def test_sigkilled_pipeline_resumes_and_runs_each_step_once(cli: CLI) -> None:
 
 
 def test_a_state_file_in_use_is_refused(cli: CLI) -> None:
-    pipeline = _counting_pipeline(cli, slow=2.0)
+    pipeline = _counting_pipeline(cli, slow=5.0)
     state = cli.tmp / "state.jsonl"
     with subprocess.Popen(
         [TETHER, "pipeline", "run", str(pipeline), "--state", str(state)],
@@ -227,11 +227,11 @@ def test_a_state_file_in_use_is_refused(cli: CLI) -> None:
         while _count(cli, "first") == 0:
             assert time.monotonic() < deadline, "the first pipeline never started"
             time.sleep(0.05)
+        fresh = _one_error_line(cli("pipeline", "run", pipeline, "--state", state, "--fresh"))
+        assert "--fresh cannot start over while it runs" in fresh
         line = _one_error_line(cli("pipeline", "run", pipeline, "--state", state))
         assert "in use by another running pipeline" in line
         assert "running now" in cli("pipeline", "status", state).stdout
-        fresh = _one_error_line(cli("pipeline", "run", pipeline, "--state", state, "--fresh"))
-        assert "--fresh cannot start over while it runs" in fresh
         assert first.wait(timeout=30) == 0
     assert _count(cli, "first") == 1
 

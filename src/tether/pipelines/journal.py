@@ -17,12 +17,12 @@ import contextlib
 import fcntl
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._files import write_atomic
 from ..errors import ConfigError
 
 VERSION = 1
@@ -50,7 +50,13 @@ class StepRecord:
     ended: float | None = None
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
     members: dict[int, MemberRecord] = field(default_factory=dict)
-    postprocess: list[dict[str, Any]] = field(default_factory=list)
+    #: Postprocessor reports by the index of the run they are about.
+    posts: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def postprocess(self) -> list[dict[str, Any]]:
+        """The postprocessor reports in run order."""
+        return [self.posts[index] for index in sorted(self.posts)]
 
 
 @dataclass
@@ -84,7 +90,7 @@ def apply(replay: Replay, event: dict[str, Any]) -> None:
         step.reason = event.get("reason")
         if step.state == "RUNNING":
             step.started, step.ended = event.get("time"), None
-            step.postprocess = []
+            step.posts = {}
         elif step.state != "PENDING":
             step.ended = event.get("time")
     elif kind == "stage":
@@ -101,10 +107,15 @@ def apply(replay: Replay, event: dict[str, Any]) -> None:
             member.run_id, member.handle, member.result = event["run_id"], None, None
         if "handle" in event:
             member.handle = event["handle"]
+            # The backend's own id (one without ``find`` names its runs itself).
+            member.run_id = str(event["handle"].get("run_id", member.run_id))
         if "result" in event:
             member.result = event["result"]
     elif kind == "post":
-        step.postprocess.append(dict(event.get("report") or {}))
+        about = event.get("member")
+        step.posts[about if isinstance(about, int) else len(step.posts)] = dict(
+            event.get("report") or {}
+        )
 
 
 def read(path: Path) -> Replay:
@@ -120,29 +131,45 @@ def read(path: Path) -> Replay:
     return replay
 
 
+_HEADER = b'{"e":"pipeline"'
+
+
+def _not_a_journal(path: Path) -> ConfigError:
+    return ConfigError(
+        f"'{path}' is not a tether pipeline state file (version {VERSION}): "
+        "give another --state path"
+    )
+
+
 def _replay_bytes(replay: Replay, data: bytes, path: Path) -> int:
-    """Apply every complete line; return the length of the good prefix."""
+    """Apply every complete line; return the length of the good prefix.
+
+    Only an unterminated last line counts as torn (one ``write`` never leaves a
+    newline-terminated fragment); a bad complete line is corruption.
+    """
     good = 0
     lines = data.split(b"\n")
     for number, line in enumerate(lines[:-1], start=1):
         try:
             event = json.loads(line)
         except ValueError:
-            if number == len(lines) - 1:
-                replay.torn = True  # only the last line can be torn by a crash
-                break
+            event = None
+        if number == 1 and (
+            not isinstance(event, dict)
+            or event.get("e") != "pipeline"
+            or event.get("version") != VERSION
+        ):
+            raise _not_a_journal(path)
+        if not isinstance(event, dict):
             raise ConfigError(
                 f"Pipeline state file '{path}' is corrupt at line {number}: "
                 "move it away to start afresh"
-            ) from None
-        if number == 1 and (event.get("e") != "pipeline" or event.get("version") != VERSION):
-            raise ConfigError(
-                f"'{path}' is not a tether pipeline state file (version {VERSION}): "
-                "give another --state path"
             )
         apply(replay, event)
         good += len(line) + 1
     if lines[-1]:
+        if good == 0 and not _HEADER.startswith(lines[-1][: len(_HEADER)]):
+            raise _not_a_journal(path)  # not even the start of a header: not ours
         replay.torn = True
     return good
 
@@ -192,10 +219,9 @@ class Journal:
             os.close(fd)
             raise
         self._fd = fd
+        self.replay = replay
         if replay.name is None:
             self.append({"e": "pipeline", "version": VERSION, "name": self.name})
-            replay.name = self.name
-        self.replay = replay
         return replay
 
     def append(self, event: dict[str, Any]) -> None:
@@ -204,9 +230,7 @@ class Journal:
         apply(self.replay, event)
         if self._fd < 0:
             return
-        view = memoryview(_line(event).encode())
-        while view:
-            view = view[os.write(self._fd, view) :]
+        _write_all(self._fd, _line(event).encode())
 
     def compact(self) -> None:
         """Rewrite the file as the shortest journal with the same state (atomically)."""
@@ -242,8 +266,8 @@ class Journal:
                 lines.append(event)
             for stage, info in step.stages.items():
                 lines.append({"e": "stage", "step": name, "stage": stage, **info})
-            for report in step.postprocess:
-                lines.append({"e": "post", "step": name, "report": report})
+            for index, report in sorted(step.posts.items()):
+                lines.append({"e": "post", "step": name, "member": index, "report": report})
             lines.append(
                 {
                     "e": "step",
@@ -254,15 +278,22 @@ class Journal:
                     "time": step.ended or step.started,
                 }
             )
-        text = "".join(
-            json.dumps(line, separators=(",", ":"), default=str) + "\n" for line in lines
-        )
-        write_atomic(self.path, text.encode())
-        # The rename replaced the file: append to (and hold the lock on) the new one.
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        text = "".join(_line(line) for line in lines).encode()
+        # The new file is locked before it replaces the old one: there is no moment
+        # when another pipeline could take it.
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+        try:
+            os.fchmod(fd, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _write_all(fd, text)
+            os.replace(tmp, self.path)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
         os.close(self._fd)
-        self._fd = fd
+        self._fd = fd  # at the end of the file, where appends go
 
     def close(self) -> None:
         """Release the lock."""
@@ -274,3 +305,9 @@ class Journal:
 
 def _line(event: dict[str, Any]) -> str:
     return json.dumps(event, separators=(",", ":"), default=str) + "\n"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

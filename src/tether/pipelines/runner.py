@@ -32,7 +32,12 @@ from ..config import BackendConfig
 from ..errors import ConfigError, TetherError
 from ..handle import RunHandle
 from ..job import Job
-from ..postprocess.base import Postprocessor, processor_name, run_postprocessor
+from ..postprocess.base import (
+    Postprocessor,
+    get_postprocessor,
+    processor_name,
+    run_postprocessor,
+)
 from ..result import RunResult, RunState
 from .graph import check_graph, dependants
 from .journal import Journal, MemberRecord, Replay, StepRecord
@@ -89,7 +94,14 @@ class Pipeline:
         if not self._steps:
             raise ConfigError(f"pipeline {name!r} has no steps")
         self._order = check_graph(self._steps)
+        for step in self._steps.values():
+            if isinstance(step.processor, str):
+                try:
+                    get_postprocessor(step.processor)
+                except ConfigError as exc:
+                    raise ConfigError(f"step {step.name!r}: {exc}") from None
         self._subscribers: list[MemoryObjectSendStream[PipelineEvent]] = []
+        self._active: _Run | None = None
 
     @property
     def steps(self) -> dict[str, Step]:
@@ -97,19 +109,22 @@ class Pipeline:
         return {name: self._steps[name] for name in self._order}
 
     def events(self) -> MemoryObjectReceiveStream[PipelineEvent]:
-        """Subscribe to the next (or current) run's events: an async iterator.
+        """Subscribe to the current run's events, or the next one's: an async iterator.
 
         It yields every step, stage, run and postprocess change as it happens
         and ends when the run ends. Subscribe before starting the run to see it all::
 
-            events = pipeline.events()
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(pipeline.run)
-                async for event in events:
-                    print(event)
+            with pipeline.events() as events:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(pipeline.run)
+                    async for event in events:
+                        print(event)
         """
         send, receive = anyio.create_memory_object_stream[PipelineEvent](math.inf)
-        self._subscribers.append(send)
+        if self._active is not None:
+            self._active.subscribers.append(send)
+        else:
+            self._subscribers.append(send)
         return receive
 
     async def run(
@@ -143,7 +158,11 @@ class Pipeline:
             raise ConfigError(f"max_concurrency must be an int >= 1, not {max_concurrency!r}")
         path = Path(state) if state is not None else self.state
         runner = _Run(self, max_concurrency or DEFAULT_CONCURRENCY, fail_fast, path, subscribers)
-        return await runner.run()
+        self._active = runner
+        try:
+            return await runner.run()
+        finally:
+            self._active = None
 
     def run_sync(self, **options: Any) -> PipelineResult:
         """:meth:`run` for synchronous code (starts and closes its own event loop)."""
@@ -185,6 +204,8 @@ class _Run:
         self.replay = Replay()
         self.stop_reason: str | None = None
         self.group: anyio.abc.TaskGroup | None = None
+        #: Step name → the task group of its runs, cancelled by fail-fast at once.
+        self.member_groups: dict[str, anyio.abc.TaskGroup] = {}
 
     # -- events and journal ----------------------------------------------------------
 
@@ -408,9 +429,9 @@ class _Run:
             if report.state is StepState.PENDING:
                 self._end(name, StepState.SKIPPED, reason)
             elif report.state is StepState.RUNNING:
-                for stage in report.stages.values():
-                    if stage.state == "RUNNING":
-                        stage.state, stage.ended_at, stage.message = "CANCELLED", _now(), reason
+                for stage, info in list(report.stages.items()):
+                    if info.state == "RUNNING":
+                        self._stage(name, stage, "CANCELLED", reason)
                 self._end(name, StepState.CANCELLED, reason)
             raise
         finally:
@@ -433,12 +454,15 @@ class _Run:
             self.values[name] = [None] * len(jobs)
             record = None if fresh else self.replay.steps.get(name)
             async with anyio.create_task_group() as group:
+                self.member_groups[name] = group
                 for index, job in enumerate(jobs):
                     member = record.members.get(index) if record is not None else None
                     group.start_soon(self._member, name, index, job, member)
+            self.member_groups.pop(name, None)
             bad = [run for run in report.runs if run.state is not RunState.SUCCEEDED]
             if bad:
-                first = bad[0]
+                # Name a run that failed on its own, not one fail-fast cancelled after it.
+                first = min(bad, key=lambda run: run.state in (RunState.CANCELLED, None))
                 why = first.result.error if first.result is not None else None
                 message = (
                     f"{len(bad)} of {len(report.runs)} runs did not succeed; run "
@@ -607,6 +631,10 @@ class _Run:
         report.run_id, report.state, report.result = result.run_id, result.state, result
         if result.ok:
             self.values[name][index] = result.value
+        elif self.fail_fast and result.state is not RunState.CANCELLED:
+            group = self.member_groups.get(name)
+            if group is not None:  # the step fails anyway: stop its other runs now
+                group.cancel_scope.cancel()
         self.record(
             {"e": "member", "step": name, "member": index, "result": result.model_dump(mode="json")}
         )
@@ -634,7 +662,7 @@ class _Run:
                 report = await run_postprocessor(processor, target, kwargs)
             report.setdefault("run_id", target.run_id)
             reports[index] = report
-            self.record({"e": "post", "step": name, "report": report})
+            self.record({"e": "post", "step": name, "member": index, "report": report})
             self.emit(
                 "postprocess",
                 "SUCCEEDED" if report["success"] else "FAILED",

@@ -23,7 +23,7 @@ from .._loading import quote
 from ..backend import Backend
 from ..call import Call
 from ..config import BackendConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, UnknownBackendError
 from ..job import Job
 from ..postprocess.base import Postprocessor, processor_name
 
@@ -96,7 +96,9 @@ def expand_over(over: Sequence[Params] | Mapping[str, Sequence[Any]]) -> list[di
     return sets
 
 
-def _names(items: Sequence[str | Step], what: str, step: str) -> tuple[str, ...]:
+def _names(items: Sequence[str | Step] | str | Step, what: str, step: str) -> tuple[str, ...]:
+    if isinstance(items, str | Step):
+        items = [items]  # one name given without a list
     names = []
     for item in items:
         name = item.name if isinstance(item, Step) else item
@@ -160,10 +162,10 @@ class Step:
         name: str,
         job: Job | None = None,
         *,
-        backend: Backend[Any] | BackendConfig | None = None,
+        backend: Backend[Any] | BackendConfig | str | None = None,
         cache: bool | Mapping[str, Any] = False,
-        depends_on: Sequence[str | Step] = (),
-        inputs_from: Sequence[str | Step] = (),
+        depends_on: Sequence[str | Step] | str | Step = (),
+        inputs_from: Sequence[str | Step] | str | Step = (),
         processor: str | Postprocessor | None = None,
         process_kwargs: Mapping[str, Any] | None = None,
         over: Sequence[Params] | Mapping[str, Sequence[Any]] | None = None,
@@ -175,7 +177,7 @@ class Step:
             )
         self.name = name
         self.job = job
-        self.backend = backend
+        self.backend = _backend(backend, name)
         self.cache: bool | dict[str, Any] = dict(cache) if isinstance(cache, Mapping) else cache
         self.depends_on = _names(depends_on, "depends_on", name)
         self.inputs_from = _names(inputs_from, "inputs_from", name)
@@ -287,7 +289,7 @@ class Step:
             "backend": backend_fields,
             "cache": self.cache,
             "processor": None if self.processor is None else processor_name(self.processor),
-            "process_kwargs": self.process_kwargs,
+            "process_kwargs": _canonical(self.process_kwargs),
             "depends_on": sorted(self.depends_on),
             "inputs_from": list(self.inputs_from),
             "ensemble": self._ensemble,
@@ -307,7 +309,7 @@ def _job_identity(job: Job) -> dict[str, Any]:
     if not isinstance(job, Call):
         return record
     record.pop("digest", None)
-    arguments = (job.args, dict(sorted(job.kwargs.items())))
+    arguments = _canonical((job.args, dict(sorted(job.kwargs.items()))))
     try:
         record["arguments"] = hashlib.sha256(pickle.dumps(arguments, protocol=4)).hexdigest()
     except Exception:  # unpicklable arguments: their repr is the best identity left
@@ -315,6 +317,36 @@ def _job_identity(job: Job) -> dict[str, Any]:
     if job.by_value:
         record["function"] = _function_identity(job.function)
     return record
+
+
+def _canonical(obj: Any) -> Any:
+    """``obj`` with sets as sorted lists: set order follows string hashes, which change
+    with every interpreter (``PYTHONHASHSEED``), and a digest must not."""
+    if isinstance(obj, set | frozenset):
+        items = [_canonical(item) for item in obj]
+        return ("<set>", sorted(items, key=repr))
+    if isinstance(obj, list | tuple):
+        return type(obj)(_canonical(item) for item in obj) if type(obj) in (list, tuple) else obj
+    if isinstance(obj, dict):
+        return {key: _canonical(value) for key, value in obj.items()}
+    return obj
+
+
+def _backend(backend: Any, step: str) -> Backend[Any] | BackendConfig | None:
+    """A backend, a config, or a config made from a backend type name."""
+    if backend is None or isinstance(backend, Backend | BackendConfig):
+        return backend
+    if isinstance(backend, str):
+        from ..registry import config_class
+
+        try:
+            return config_class(backend).model_validate({"type": backend})
+        except (UnknownBackendError, ValueError) as exc:
+            raise ConfigError(f"step {step!r}: backend: {exc}") from None
+    raise ConfigError(
+        f"step {step!r}: backend must be a Backend, a backend config or a type name, "
+        f"not {type(backend).__name__}"
+    )
 
 
 def _function_identity(fn: Callable[..., Any]) -> str:
