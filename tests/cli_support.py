@@ -7,6 +7,7 @@ folders land in ``<tmp>/home/runs``.
 from __future__ import annotations
 
 import os
+import pty
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,34 @@ class CLI:
         path = self.tmp / name
         path.write_text(text)
         return path
+
+    def on_terminal(self, *args: str | Path) -> tuple[int, str, str]:
+        """Run ``tether`` with stderr on a pseudo-terminal: exit status, what the
+        terminal showed, and stdout."""
+        controller, terminal = pty.openpty()
+        try:
+            with subprocess.Popen(
+                [TETHER, *map(str, args)],
+                cwd=self.tmp,
+                env=self.env,
+                stdout=subprocess.PIPE,
+                stderr=terminal,
+                text=True,
+            ) as proc:
+                os.close(terminal)
+                shown = b""
+                while True:
+                    try:
+                        chunk = os.read(controller, 4096)
+                    except OSError:  # EIO: every writer of the terminal has closed it
+                        break
+                    if not chunk:
+                        break
+                    shown += chunk
+                out, _ = proc.communicate(timeout=30)
+        finally:
+            os.close(controller)
+        return proc.returncode, shown.decode(), out
 
     def run_dirs(self) -> list[Path]:
         runs = self.home / "runs"

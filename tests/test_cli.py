@@ -7,8 +7,6 @@ land in ``<tmp>/home/runs``.
 from __future__ import annotations
 
 import json
-import os
-import pty
 import signal
 import subprocess
 import sys
@@ -53,31 +51,8 @@ def test_run_hello_from_repo_root(cli: CLI) -> None:
 
 def test_run_on_a_terminal_shows_a_live_status_line(cli: CLI) -> None:
     job = cli.write("slow.yml", "name: slow\ncommand: 'sleep 1.2; echo done'\n")
-    controller, terminal = pty.openpty()
-    try:
-        with subprocess.Popen(
-            [TETHER, "run", str(job)],
-            cwd=cli.tmp,
-            env=cli.env,
-            stdout=subprocess.PIPE,
-            stderr=terminal,
-            text=True,
-        ) as proc:
-            os.close(terminal)
-            shown = b""
-            while True:
-                try:
-                    chunk = os.read(controller, 4096)
-                except OSError:  # EIO: every writer of the terminal has closed it
-                    break
-                if not chunk:
-                    break
-                shown += chunk
-            out, _ = proc.communicate(timeout=30)
-    finally:
-        os.close(controller)
-    assert proc.returncode == 0 and out == "done\n"
-    text = shown.decode()
+    code, text, out = cli.on_terminal("run", job)
+    assert code == 0 and out == "done\n"
     # rich draws a spinner line, redraws it in place, then erases it before the summary.
     live, _, summary = text.rpartition("\x1b[2K")
     assert live.count("RUNNING") >= 2 and live.count("\r\x1b[2K") >= 2

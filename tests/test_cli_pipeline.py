@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import pty
 import signal
 import subprocess
 import time
@@ -49,6 +47,24 @@ steps:
     job: {{command: "echo x >> {effects}/side"}}
 """,
     )
+
+
+def _started(cli: CLI, pipeline: Path, state: Path) -> subprocess.Popen[bytes]:
+    """``tether pipeline run`` in the background, once its first step has started."""
+    proc = subprocess.Popen(
+        [TETHER, "pipeline", "run", str(pipeline), "--state", str(state)],
+        cwd=cli.tmp,
+        env=cli.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while _count(cli, "first") == 0:
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("the pipeline's first step never started")
+        time.sleep(0.05)
+    return proc
 
 
 def _count(cli: CLI, step: str) -> int:
@@ -181,17 +197,7 @@ def test_default_state_file_sits_next_to_the_pipeline_file(cli: CLI) -> None:
 def test_sigkilled_pipeline_resumes_and_runs_each_step_once(cli: CLI) -> None:
     pipeline = _counting_pipeline(cli, slow=2.0)
     state = cli.tmp / "state.jsonl"
-    with subprocess.Popen(
-        [TETHER, "pipeline", "run", str(pipeline), "--state", str(state)],
-        cwd=cli.tmp,
-        env=cli.env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    ) as proc:
-        deadline = time.monotonic() + 20
-        while _count(cli, "first") == 0:  # the slow first step has started
-            assert time.monotonic() < deadline, "the first step never started"
-            time.sleep(0.05)
+    with _started(cli, pipeline, state) as proc:
         time.sleep(0.2)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
@@ -216,17 +222,7 @@ def test_sigkilled_pipeline_resumes_and_runs_each_step_once(cli: CLI) -> None:
 def test_a_state_file_in_use_is_refused(cli: CLI) -> None:
     pipeline = _counting_pipeline(cli, slow=5.0)
     state = cli.tmp / "state.jsonl"
-    with subprocess.Popen(
-        [TETHER, "pipeline", "run", str(pipeline), "--state", str(state)],
-        cwd=cli.tmp,
-        env=cli.env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    ) as first:
-        deadline = time.monotonic() + 20
-        while _count(cli, "first") == 0:
-            assert time.monotonic() < deadline, "the first pipeline never started"
-            time.sleep(0.05)
+    with _started(cli, pipeline, state) as first:
         fresh = _one_error_line(cli("pipeline", "run", pipeline, "--state", state, "--fresh"))
         assert "--fresh cannot start over while it runs" in fresh
         line = _one_error_line(cli("pipeline", "run", pipeline, "--state", state))
@@ -243,31 +239,8 @@ def test_status_of_a_missing_file_is_a_usage_error(cli: CLI) -> None:
 
 def test_run_on_a_terminal_draws_a_live_table(cli: CLI) -> None:
     pipeline = _counting_pipeline(cli, slow=0.6)
-    controller, terminal = pty.openpty()
-    try:
-        with subprocess.Popen(
-            [TETHER, "pipeline", "run", str(pipeline)],
-            cwd=cli.tmp,
-            env=cli.env,
-            stdout=subprocess.PIPE,
-            stderr=terminal,
-            text=True,
-        ) as proc:
-            os.close(terminal)
-            shown = b""
-            while True:
-                try:
-                    chunk = os.read(controller, 4096)
-                except OSError:  # EIO: every writer of the terminal has closed it
-                    break
-                if not chunk:
-                    break
-                shown += chunk
-            out, _ = proc.communicate(timeout=30)
-    finally:
-        os.close(controller)
-    assert proc.returncode == 0, out
-    text = shown.decode()
+    code, text, out = cli.on_terminal("pipeline", "run", pipeline)
+    assert code == 0, out
     assert "pipeline" in text and "first" in text and "RUNNING" in text
     assert "SUCCEEDED" in text
     assert "pipeline counted succeeded" in out

@@ -294,21 +294,11 @@ class _Run:
 
     async def _load_values(self, name: str) -> bool:
         """Reload a finished step's values through its runs' handles; False if gone."""
-        from ..registry import handle_from_record
-
         record = self.replay.steps[name]
         values: list[Any] = []
         for index in range(len(self.steps[name].members())):
-            member = record.members.get(index)
-            if member is None or member.handle is None:
-                return False
-            try:
-                handle = handle_from_record(member.handle)
-                await handle.refresh()
-            except TetherError:
-                return False
-            result = handle.last_result
-            if result is None or not result.ok:
+            result = await _succeeded(record.members.get(index))
+            if result is None:
                 return False
             values.append(result.value)
         self.values[name] = values
@@ -588,17 +578,8 @@ class _Run:
         if not isinstance(job, Call):
             self.reports[name].runs[index].result = kept
             return True
-        from ..registry import handle_from_record
-
-        if member.handle is None:
-            return False
-        try:
-            handle = handle_from_record(member.handle)
-            await handle.refresh()
-        except TetherError:
-            return False
-        result = handle.last_result
-        if result is None or not result.ok:
+        result = await _succeeded(member)
+        if result is None:
             return False
         self.values[name][index] = result.value
         self.reports[name].runs[index].result = result
@@ -749,6 +730,22 @@ class _Run:
         if self.fail_fast and self.stop_reason is None and self.group is not None:
             self.stop_reason = f"fail-fast: step {name!r} failed"
             self.group.cancel_scope.cancel()
+
+
+async def _succeeded(member: MemberRecord | None) -> RunResult | None:
+    """A recorded run's result through its reloaded handle (with a Call's value),
+    or None when it cannot be reloaded or did not succeed."""
+    from ..registry import handle_from_record
+
+    if member is None or member.handle is None:
+        return None
+    try:
+        handle = handle_from_record(member.handle)
+        await handle.refresh()
+    except TetherError:
+        return None
+    result = handle.last_result
+    return result if result is not None and result.ok else None
 
 
 def _now() -> datetime:
