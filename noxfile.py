@@ -55,6 +55,7 @@ def bench(session: nox.Session) -> None:
         ["bench/docker_latency.py"],
         ["bench/cache_bench.py"],
         ["bench/inline_bench.py"],
+        ["bench/pipeline_bench.py"],
     ]
     # Every bench runs, even after one misses its bar (a slow disk must not hide the
     # other figures); the session fails at the end if any missed.

@@ -66,7 +66,11 @@ def reap(pid: int) -> None:
 
 
 def find_by_argument(argument: str) -> int | None:
-    """The pid of a live process whose command line has ``argument`` as one argument."""
+    """The pid of a live session leader whose command line has ``argument`` as one argument.
+
+    Session leaders only: a run's supervisor leads its session, while the processes
+    it starts (which may get the same argument) do not.
+    """
     needle = argument.encode()
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -76,8 +80,10 @@ def find_by_argument(argument: str) -> int | None:
                 args = handle.read().split(b"\0")
         except OSError:
             continue
-        if needle in args and is_running(int(entry.name), None):
-            return int(entry.name)
+        pid = int(entry.name)
+        fields = _stat(pid) if needle in args else None
+        if fields is not None and fields[_STATE] != b"Z" and int(fields[_SESSION]) == pid:
+            return pid
     return None
 
 

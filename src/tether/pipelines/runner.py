@@ -530,6 +530,10 @@ class _Run:
             found, origin = await self._resume_member(backend, job, member)
             if found is not None:
                 handle = found
+                if origin == "found":  # its submitter died before journaling the handle
+                    self.record(
+                        {"e": "member", "step": name, "member": index, "handle": handle.to_record()}
+                    )
             else:
                 run_id = new_run_id(f"{name}-{index}" if step.fanned_out else name)
                 self.record({"e": "member", "step": name, "member": index, "run_id": run_id})
