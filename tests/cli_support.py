@@ -84,6 +84,16 @@ class CLI:
         return sorted(runs.iterdir()) if runs.is_dir() else []
 
 
+def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The single ``tether: error:`` line of a usage failure (exit 2, no traceback)."""
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("tether: error: ")
+    return lines[0]
+
+
 @pytest.fixture
 def cli(tmp_path: Path) -> Iterator[CLI]:
     runner = CLI(tmp_path)

@@ -15,19 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from .cli_support import CLI, TETHER
+from .cli_support import CLI, TETHER, one_error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 HELLO = ROOT / "examples" / "hello" / "job.yml"
-
-
-def _one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("tether: error: ")
-    return lines[0]
 
 
 SLEEP_JOB = "name: sleeper\ncommand: 'echo started; sleep 30'\n"
@@ -192,7 +183,7 @@ def test_logs_follow_until_the_run_ends(cli: CLI) -> None:
 
 def test_unsavable_handle_cancels_the_run(cli: CLI) -> None:
     job = cli.write("sleep.yml", SLEEP_JOB)
-    line = _one_error_line(cli("submit", job, "--handle", cli.tmp / "no-dir" / "h.json"))
+    line = one_error_line(cli("submit", job, "--handle", cli.tmp / "no-dir" / "h.json"))
     assert "Cannot save handle to" in line and "cancelled" in line
     [run_dir] = cli.run_dirs()
     assert json.loads((run_dir / "exit.json").read_text())["reason"] == "cancelled"
@@ -203,13 +194,13 @@ def test_unsavable_handle_cancels_the_run(cli: CLI) -> None:
 
 def test_invalid_yaml_names_file_and_line(cli: CLI) -> None:
     job = cli.write("bad.yml", "name: bad\ncommand: [unclosed\n")
-    line = _one_error_line(cli("run", job))
+    line = one_error_line(cli("run", job))
     assert "bad.yml:3" in line and "invalid YAML" in line
 
 
 def test_unknown_field_is_named(cli: CLI) -> None:
     job = cli.write("typo.yml", "name: typo\ncommand: 'true'\ncomand: 'true'\n")
-    line = _one_error_line(cli("run", job))
+    line = one_error_line(cli("run", job))
     assert "typo.yml:3" in line and "comand" in line and "unknown field" in line
 
 
@@ -227,13 +218,13 @@ def test_multi_line_config_error_prefixes_every_line(cli: CLI) -> None:
 
 def test_corrupt_handle_file(cli: CLI) -> None:
     handle = cli.write("h.json", '{"format": "tether.handle", "vers')
-    line = _one_error_line(cli("status", handle))
+    line = one_error_line(cli("status", handle))
     assert "h.json" in line and "corrupt" in line
 
 
 def test_newer_handle_version(cli: CLI) -> None:
     handle = cli.write("h.json", json.dumps({"format": "tether.handle", "version": 99}))
-    line = _one_error_line(cli("wait", handle))
+    line = one_error_line(cli("wait", handle))
     assert "version 99" in line
 
 
@@ -249,7 +240,7 @@ def test_newer_handle_version(cli: CLI) -> None:
     ],
 )
 def test_missing_file(cli: CLI, args: tuple[str, ...]) -> None:
-    line = _one_error_line(cli(*args))
+    line = one_error_line(cli(*args))
     assert "missing." in line and "does not exist" in line
 
 

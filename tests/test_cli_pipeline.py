@@ -10,19 +10,10 @@ from pathlib import Path
 
 from tether.pipelines import journal
 
-from .cli_support import CLI, TETHER
+from .cli_support import CLI, TETHER, one_error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "pipeline" / "pipeline.yml"
-
-
-def _one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("tether: error: ")
-    return lines[0]
 
 
 def _counting_pipeline(cli: CLI, *, fail: bool = False, slow: float = 0.0) -> Path:
@@ -80,7 +71,7 @@ def test_validate_prints_the_steps_in_start_order(cli: CLI) -> None:
 
 def test_validate_errors_are_one_line_with_file_and_line(cli: CLI) -> None:
     bad = cli.write("bad.yml", "steps:\n  - name: a\n    job: {command: ls}\n    colour: red\n")
-    line = _one_error_line(cli("pipeline", "validate", bad))
+    line = one_error_line(cli("pipeline", "validate", bad))
     assert f"{bad}:4: steps.0.colour: unknown field" in line
 
     cycle = cli.write(
@@ -90,23 +81,23 @@ def test_validate_errors_are_one_line_with_file_and_line(cli: CLI) -> None:
         "  - {name: b, job: {command: ls}, depends_on: [a]}\n"
         "  - {name: c, job: {command: ls}, depends_on: [b]}\n",
     )
-    line = _one_error_line(cli("pipeline", "validate", cycle))
+    line = one_error_line(cli("pipeline", "validate", cycle))
     assert "cycle" in line and "a -> c -> b -> a" in line
 
     unknown = cli.write(
         "unknown.yml", "steps:\n  - {name: a, job: {command: ls}, depends_on: [zz]}\n"
     )
-    line = _one_error_line(cli("pipeline", "validate", unknown))
+    line = one_error_line(cli("pipeline", "validate", unknown))
     assert "'zz', which is not a step" in line
 
     job_error = cli.write("job.yml", "steps:\n  - name: a\n    job:\n      command: []\n")
-    line = _one_error_line(cli("pipeline", "validate", job_error))
+    line = one_error_line(cli("pipeline", "validate", job_error))
     assert f"{job_error}:4: steps.0.job.command" in line
 
     backend = cli.write(
         "be.yml", "steps:\n  - {name: a, job: {command: ls}, backend: {type: nope}}\n"
     )
-    assert "Unknown backend type 'nope'" in _one_error_line(cli("pipeline", "run", backend))
+    assert "Unknown backend type 'nope'" in one_error_line(cli("pipeline", "run", backend))
 
 
 def test_run_the_example_then_resume_skips_everything(cli: CLI) -> None:
@@ -223,9 +214,9 @@ def test_a_state_file_in_use_is_refused(cli: CLI) -> None:
     pipeline = _counting_pipeline(cli, slow=5.0)
     state = cli.tmp / "state.jsonl"
     with _started(cli, pipeline, state) as first:
-        fresh = _one_error_line(cli("pipeline", "run", pipeline, "--state", state, "--fresh"))
+        fresh = one_error_line(cli("pipeline", "run", pipeline, "--state", state, "--fresh"))
         assert "--fresh cannot start over while it runs" in fresh
-        line = _one_error_line(cli("pipeline", "run", pipeline, "--state", state))
+        line = one_error_line(cli("pipeline", "run", pipeline, "--state", state))
         assert "in use by another running pipeline" in line
         assert "running now" in cli("pipeline", "status", state).stdout
         assert first.wait(timeout=30) == 0
@@ -233,7 +224,7 @@ def test_a_state_file_in_use_is_refused(cli: CLI) -> None:
 
 
 def test_status_of_a_missing_file_is_a_usage_error(cli: CLI) -> None:
-    line = _one_error_line(cli("pipeline", "status", cli.tmp / "nope.jsonl"))
+    line = one_error_line(cli("pipeline", "status", cli.tmp / "nope.jsonl"))
     assert "No pipeline state file" in line
 
 
