@@ -108,3 +108,21 @@ def kill_session(sid: int, signum: int = signal.SIGKILL) -> int:
             os.kill(pid, signum)
             count += 1
     return count
+
+
+async def wait_session_gone(sid: int, timeout: float = 2.0) -> bool:
+    """Wait until session ``sid`` has no live members (killed ones take a moment to go).
+
+    Returns False if some are still there after ``timeout`` seconds.
+    """
+    with anyio.move_on_after(timeout):
+        for pid in list(session_members(sid)):
+            fd = open_pidfd(pid, None)
+            if fd is None:
+                continue  # gone already
+            try:
+                await wait_pidfd(fd)
+            finally:
+                os.close(fd)
+        return True
+    return False

@@ -495,8 +495,10 @@ class LocalRunHandle(RunHandle):
                         with contextlib.suppress(ProcessLookupError):
                             signal.pidfd_send_signal(fd, signal.SIGKILL)
                         self._record_cancel()
-                    # Anything that left the run's process group but not its session.
-                    _proc.kill_session(self._pid, signal.SIGKILL)
+                    # Anything that left the run's process group but not its session, or
+                    # is still dying from the group's TERM; cancel returns once it is gone.
+                    if _proc.kill_session(self._pid, signal.SIGKILL):
+                        await _proc.wait_session_gone(self._pid)
                 finally:
                     os.close(fd)
                 self._reap()
