@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import gzip
 import os
 import shutil
 import stat
-import tarfile
 import tempfile
 import time
-import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +91,10 @@ class ArchivePostprocessor:
             members = _select(_walk(run_dir, skipped), run_dir, target, skipped, report=False)
         else:
             members = _select(result.outputs, run_dir, target, skipped, report=True)
+        # Imported here: `import tether` should not pay for the archive modules.
+        import tarfile
+        import zipfile
+
         # RuntimeError is zipfile's answer to a file that grew past 4 GiB while being read.
         try:
             names = _write(target, fmt, members, skipped)
@@ -330,6 +331,8 @@ def _write(target: Path, fmt: str, members: list[_Member], skipped: Skipped) -> 
 
 
 def _write_zip(out: IO[bytes], members: list[_Member], skipped: Skipped) -> list[str]:
+    import zipfile
+
     names: list[str] = []
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
         for member in members:
@@ -350,6 +353,9 @@ def _write_zip(out: IO[bytes], members: list[_Member], skipped: Skipped) -> list
 
 
 def _write_tar(out: IO[bytes], members: list[_Member], skipped: Skipped) -> list[str]:
+    import gzip
+    import tarfile
+
     names: list[str] = []
     # No name or time in the gzip header and owner-free entries: the archive's bytes
     # depend on the files alone.
