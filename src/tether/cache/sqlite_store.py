@@ -7,6 +7,7 @@ transaction, so a process killed mid-write leaves the old state or the new one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -91,7 +92,11 @@ class SQLiteStore(CacheStore):
             try:
                 # Owner-only: the store holds pickled Call outcomes (unpickled on hits).
                 self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+                # Create it with that mode, but never open (and close) an existing one:
+                # closing any descriptor of the file drops every POSIX lock this
+                # process's connections hold on it, which corrupts the database.
+                with contextlib.suppress(FileExistsError):
+                    os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
                 connection = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
                 try:
                     connection.execute("PRAGMA busy_timeout = 30000")
