@@ -58,6 +58,47 @@ def write_json_once(path: Path, obj: Any) -> bool:
             os.unlink(tmp)
 
 
+#: Largest config, job, pipeline or handle file tether parses (10 MiB); bigger ones are
+#: refused before reading, so a huge file fails at once instead of after minutes.
+MAX_FILE_SIZE = 10 * 1024 * 1024
+
+
+def oversize(path: Path, what: str) -> str | None:
+    """Why ``path`` is too big to parse (one line), or None when its size is fine."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return None  # the reader reports a missing or unreadable file itself
+    if size <= MAX_FILE_SIZE:
+        return None
+    return (
+        f"{what} file '{path}' is {size} bytes, over the {MAX_FILE_SIZE}-byte limit "
+        "(MAX_FILE_SIZE): check that it is the right file."
+    )
+
+
+def make_private_dir(path: Path) -> Path:
+    """Create ``path`` and any missing parents with mode 0700, whatever the umask.
+
+    Folders that already exist are left as they are.
+    """
+    path = Path(path)
+    missing: list[Path] = []
+    current = path
+    while not current.exists():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        os.chmod(folder, 0o700)  # mkdir's mode is masked by the umask
+    return path
+
+
 def state_home() -> Path:
     """tether's state folder: ``$TETHER_HOME`` or ``$XDG_STATE_HOME/tether``."""
     explicit = os.environ.get("TETHER_HOME")

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from ._files import oversize
 from .errors import ConfigError
 
 Loc = tuple[str | int, ...]
@@ -44,8 +45,12 @@ def read_mapping(path: Path, what: str) -> tuple[dict[str, Any], dict[Loc, int]]
 
     Returns the data and a map from field paths to 1-based line numbers, so that
     validation errors can point at the line. Syntax errors name the file and line;
-    recursive or explosive YAML aliases are refused.
+    recursive or explosive YAML aliases are refused, and so are files over
+    :data:`tether._files.MAX_FILE_SIZE`, before they are read.
     """
+    too_big = oversize(path, what)
+    if too_big:
+        raise ConfigError(too_big)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -65,6 +65,67 @@ def reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
+def _cmdline(pid: int) -> list[bytes] | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().split(b"\0")
+    except OSError:
+        return None
+
+
+def not_supervisor_of(pid: int, ticks: int | None, run_dir: str) -> str | None:
+    """Why ``pid`` is not the live supervisor of the run in ``run_dir``; None if it is.
+
+    A record names a pid, but a record is only input: before tether signals a
+    process it proves the process is that run's supervisor. It must still be the
+    process that started at ``ticks`` (so the pid was not reused), lead its own
+    session (supervisors are started with setsid), and have the run folder as an
+    argument of its command line.
+    """
+    if pid <= 1:
+        return f"the record names pid {pid}, which is never a run's supervisor"
+    if ticks is None:
+        return f"the record gives no start time for pid {pid}, so its identity cannot be proven"
+    fields = _stat(pid)
+    if fields is None or fields[_STATE] == b"Z":
+        return f"the run's supervisor (pid {pid}) has ended"
+    if int(fields[_START]) != ticks:
+        return f"pid {pid} is another process now (its start time differs from the record's)"
+    if int(fields[_SESSION]) != pid:
+        return f"pid {pid} is not a session leader, so it is not a run's supervisor"
+    args = _cmdline(pid)
+    if args is None or _supervised_folder(pid, args) != run_dir.encode():
+        return (
+            f"pid {pid} is not the supervisor of run folder '{run_dir}' "
+            "(its command line is not tether's supervisor naming that folder)"
+        )
+    return None
+
+
+def _exe_name(pid: int) -> str:
+    try:
+        return os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+    except OSError:
+        return ""
+
+
+def _supervised_folder(pid: int, args: list[bytes]) -> bytes | None:
+    """The run folder argument of a tether supervisor's command line, else None.
+
+    The native one is ``tether-supervise-<digest> RUN_DIR ...``; the Python one is
+    ``python -I -S .../_supervisor/fallback.py RUN_DIR ...``.
+    """
+    if len(args) > 1 and os.path.basename(args[0]).startswith(b"tether-supervise"):
+        return args[1] if _exe_name(pid).startswith("tether-supervise") else None
+    if (
+        len(args) > 4
+        and args[1:3] == [b"-I", b"-S"]
+        and args[3].endswith(os.path.join(b"_supervisor", b"fallback.py"))
+    ):
+        return args[4]
+    return None
+
+
 def find_by_argument(argument: str) -> int | None:
     """The pid of a live session leader whose command line has ``argument`` as one argument.
 

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ._files import make_private_dir
 from .errors import SubmitError
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -69,7 +70,7 @@ def _stamp(second: int) -> str:
 def make_run_dir(runs_dir: Path, run_id: str) -> Path:
     """Create the run's private folder (mode 0700) under ``runs_dir``."""
     try:
-        runs_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(runs_dir)
         run_dir = runs_dir / run_id
         run_dir.mkdir(mode=0o700)
     except OSError as exc:

@@ -34,13 +34,14 @@ async def shielded(fn: Callable[[], Awaitable[T]]) -> T:
     Under asyncio a cancelled caller still waits for the work (which no cancel
     reaches) and then raises ``CancelledError``; under trio a shielded scope does it.
     """
-    if _asyncio_task() is None:
-        with anyio.CancelScope(shield=True):
-            return await fn()
 
     async def run() -> T:
         with anyio.CancelScope(shield=True):
-            return await fn()
+            value = await fn()
+        return value
+
+    if _asyncio_task() is None:
+        return await run()
 
     task = asyncio.ensure_future(run())
     cancelled: asyncio.CancelledError | None = None

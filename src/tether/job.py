@@ -105,6 +105,17 @@ class Job(BaseModel):
     outputs: list[str] = Field(default_factory=list, description="Globs collected after the run.")
     resources: Resources = Field(default_factory=Resources)
 
+    @field_validator("outputs")
+    @classmethod
+    def _relative_globs(cls, outputs: list[str]) -> list[str]:
+        for pattern in outputs:
+            if not pattern or Path(pattern).is_absolute() or ".." in Path(pattern).parts:
+                raise ValueError(
+                    f"output glob {quote(pattern)} must be a non-empty path relative to the "
+                    "run's working folder, without '..': collect files inside the run folder"
+                )
+        return outputs
+
     @field_validator("env")
     @classmethod
     def _env_keys(cls, env: dict[str, str | SecretStr]) -> dict[str, str | SecretStr]:

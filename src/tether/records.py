@@ -15,12 +15,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ._files import write_json_atomic
+from ._files import oversize, write_json_atomic
 from .errors import RecordError, RecordVersionError
 
 FORMAT = "tether.handle"
 VERSION = 1
 _REQUIRED = ("backend", "run_id", "job", "config", "data")
+_TYPES: dict[str, type] = {
+    "backend": str,
+    "run_id": str,
+    "job": dict,
+    "config": dict,
+    "data": dict,
+}
 
 
 def write_record(path: Path, record: dict[str, Any], *, sync: bool = True) -> None:
@@ -32,6 +39,9 @@ def write_record(path: Path, record: dict[str, Any], *, sync: bool = True) -> No
 def read_record(path: Path) -> dict[str, Any]:
     """Read and check a record; any problem is a one-line :class:`RecordError`."""
     path = Path(path)
+    too_big = oversize(path, "Handle")
+    if too_big:
+        raise RecordError(too_big)
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -45,6 +55,11 @@ def read_record(path: Path) -> dict[str, Any]:
             f"Handle file '{path}' is corrupt or truncated (invalid JSON at line "
             f"{exc.lineno}, column {exc.colno}): save the handle again."
         ) from exc
+    except (ValueError, RecursionError):  # deep nesting, huge integers
+        raise RecordError(
+            f"Handle file '{path}' is corrupt (nested too deeply or holds an oversized "
+            "value): save the handle again."
+        ) from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise RecordError(f"'{path}' is not a tether handle file (no 'format: {FORMAT}').")
     version = record.get("version")
@@ -60,4 +75,10 @@ def read_record(path: Path) -> dict[str, Any]:
     missing = [key for key in _REQUIRED if key not in record]
     if missing:
         raise RecordError(f"Handle file '{path}' is incomplete: missing {', '.join(missing)}.")
+    for key, kind in _TYPES.items():
+        if not isinstance(record[key], kind):
+            raise RecordError(
+                f"Handle file '{path}' is corrupt: '{key}' must be a {kind.__name__}, "
+                f"not {type(record[key]).__name__}: save the handle again."
+            )
     return record

@@ -153,6 +153,9 @@ def load_job(path: str | Path) -> tuple[Job, BackendConfig | None]:
 def handle_from_record(record: dict[str, Any], *, source: Path | None = None) -> RunHandle:
     """Rebuild the right handle class from a checked record."""
     where = f"Handle file '{source}'" if source else "Handle record"
+    for key in ("job", "config", "data"):
+        if not isinstance(record.get(key), dict):
+            raise RecordError(f"{where} is corrupt: '{key}' is not a mapping.")
     cls = config_class(str(record["backend"]))
     try:
         config = cls.from_record(record["config"])
@@ -165,7 +168,7 @@ def handle_from_record(record: dict[str, Any], *, source: Path | None = None) ->
         raise RecordError(f"{where} is corrupt: 'data' is not a mapping.")
     try:
         return cls.handle_class()._from_record(str(record["run_id"]), job, config, data)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
         raise RecordError(f"{where} is corrupt: {type(exc).__name__}: {exc}") from None
 
 

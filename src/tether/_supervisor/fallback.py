@@ -1,18 +1,27 @@
 """Pure-Python run supervisor: the same protocol as supervise.c, for machines without a C compiler.
 
 Run as a script (``python -I -S fallback.py RUN_DIR CWD TIMEOUT GRACE CAPTURE ARGV...``)
-so it needs nothing but the standard library and starts fast.
+so it needs nothing but the standard library and starts fast. The protocol (gate on
+fd 3, reserved outcome file, child subreaper, nothing left running when the outcome
+is recorded) is described at the top of supervise.c.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
+import select
 import signal
 import sys
 import time
 from types import FrameType
+
+GATE_FD = 3
+RESERVE = 4096
+_PR_SET_CHILD_SUBREAPER = 36
+_SIGNALS = {signal.SIGALRM, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
 class _State:
@@ -20,7 +29,87 @@ class _State:
 
     reason = "exited"  # becomes "timeout" or "cancelled" at most once
     escalated = False  # KILL sent after the grace period
+    settled = False  # the command has ended: a cancel now means "kill the rest at once"
     group = 0  # the run's process group, once it exists
+
+
+def _gate_open(run_dir: str) -> bool:
+    """Wait for tether's go-ahead; False if the submitter died before writing the record."""
+    try:
+        go = os.read(GATE_FD, 1)
+    except OSError:
+        return True  # started by hand, without a gate
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(GATE_FD)
+    if go == b"g":
+        return True
+    with contextlib.suppress(OSError):
+        os.unlink(os.path.join(run_dir, "handle.json"))
+    return False
+
+
+def _make_reserve(run_dir: str) -> int | None:
+    path = os.path.join(run_dir, ".exit.json.tmp")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError:
+        return None
+    try:
+        os.write(fd, b" " * RESERVE)
+        os.fsync(fd)
+    except OSError:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return None
+    return fd
+
+
+def _descendants() -> list[int]:
+    """Live (not zombie) descendants of this process, found through /proc."""
+    parents: dict[int, int] = {}
+    zombies: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        parents[int(entry)] = int(fields[1])
+        if fields[0] == b"Z":
+            zombies.add(int(entry))
+    mine = {os.getpid()}
+    changed = True
+    while changed:
+        changed = False
+        for pid, ppid in parents.items():
+            if pid not in mine and ppid in mine:
+                mine.add(pid)
+                changed = True
+    mine.discard(os.getpid())
+    return [pid for pid in mine if pid not in zombies]
+
+
+def _signal_descendants(signum: int) -> int:
+    """Send ``signum`` (0: none) to every live descendant; return how many live."""
+    count = 0
+    for pid in _descendants():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
+            count += 1
+    return count
+
+
+def _disk_full(run_dir: str) -> bool:
+    try:
+        stats = os.statvfs(run_dir)
+    except OSError:
+        return False
+    return stats.f_bavail == 0 or (stats.f_files > 0 and stats.f_favail == 0)
 
 
 def main(argv: list[str]) -> int:
@@ -36,7 +125,6 @@ def main(argv: list[str]) -> int:
         argv[4],
     )
     command = argv[5:]
-    started = time.time()
     state = _State()
 
     def stop(why: str) -> None:
@@ -46,22 +134,36 @@ def main(argv: list[str]) -> int:
         signal.setitimer(signal.ITIMER_REAL, max(grace, 0.001))
 
     def on_alarm(signum: int, frame: FrameType | None) -> None:
-        if state.reason == "exited":
+        if state.reason == "exited" and not state.settled:
             stop("timeout")
         elif not state.escalated:
             state.escalated = True
-            _kill_group(state.group, signal.SIGKILL)
+            if not state.settled:
+                _kill_group(state.group, signal.SIGKILL)
 
     def on_cancel(signum: int, frame: FrameType | None) -> None:
-        if state.reason == "exited":
+        if state.settled:
+            state.escalated = True
+        elif state.reason == "exited":
             stop("cancelled")
 
-    signal.pthread_sigmask(
-        signal.SIG_BLOCK, {signal.SIGALRM, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-    )
+    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     signal.signal(signal.SIGALRM, on_alarm)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, on_cancel)
+    # Handlers run between bytecodes; the wakeup pipe makes them end a select().
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    os.set_blocking(wake_read, False)
+    signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
+
+    if not _gate_open(run_dir):
+        return 4
+    started = time.time()
+    reserve = _make_reserve(run_dir)
+    if ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        print("tether-supervise: cannot become a child subreaper", file=sys.stderr)
+        return 3
 
     out = err = None
     if capture == "1":
@@ -72,15 +174,9 @@ def main(argv: list[str]) -> int:
     if pid == 0:  # the child: only os calls until exec
         try:
             # SIGPIPE/SIGXFSZ too: Python ignores them, and exec keeps ignored signals.
-            for signum in (
-                signal.SIGALRM,
-                signal.SIGTERM,
-                signal.SIGINT,
-                signal.SIGHUP,
-                signal.SIGPIPE,
-                signal.SIGXFSZ,
-            ):
+            for signum in (*_SIGNALS, signal.SIGPIPE, signal.SIGXFSZ):
                 signal.signal(signum, signal.SIG_DFL)
+            signal.set_wakeup_fd(-1)
             signal.pthread_sigmask(signal.SIG_SETMASK, set())
             os.setpgid(0, 0)
             if out is not None and err is not None:
@@ -100,22 +196,56 @@ def main(argv: list[str]) -> int:
     with contextlib.suppress(OSError):  # the child already did it, or already exec'd
         os.setpgid(pid, pid)
     state.group = pid
+    pidfd = os.pidfd_open(pid)
     if timeout > 0:
         signal.setitimer(signal.ITIMER_REAL, timeout)
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
     os.close(write_end)
     for fd in (out, err):
         if fd is not None:
             os.close(fd)
     failure = os.read(read_end, 64)
     os.close(read_end)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
-    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
-    _kill_group(pid, signal.SIGKILL if state.reason != "exited" else signal.SIGTERM)
-    _, status = os.waitpid(pid, 0)
-    signal.pthread_sigmask(
-        signal.SIG_BLOCK, {signal.SIGALRM, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-    )
+    termed = False
+    while True:  # the command runs: act on cancels and the timeout, for the whole tree
+        if state.reason != "exited" and not termed:
+            _signal_descendants(signal.SIGTERM)
+            termed = True
+        if state.escalated:
+            _signal_descendants(signal.SIGKILL)
+        ready, _, _ = select.select([pidfd, wake_read], [], [], 0.05 if state.escalated else None)
+        if wake_read in ready:
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake_read, 512)
+        if pidfd in ready:
+            break
+    state.settled = True
+    if state.reason != "exited":
+        state.escalated = True
+    signal.setitimer(signal.ITIMER_REAL, max(grace, 0.001))
+
+    status: int | None = None
+    sent_term = False
+    while True:  # the command ended: stop what is left (TERM, KILL after the grace)
+        with contextlib.suppress(ChildProcessError):
+            while True:
+                reaped, code = os.waitpid(-1, os.WNOHANG)
+                if reaped == 0:
+                    break
+                if reaped == pid:
+                    status = code
+        if state.escalated:
+            live = _signal_descendants(signal.SIGKILL)
+        else:
+            live = _signal_descendants(0 if sent_term else signal.SIGTERM)
+        sent_term = True
+        if live == 0 and status is not None:
+            break
+        select.select([wake_read], [], [], 0.05)
+        with contextlib.suppress(BlockingIOError):
+            os.read(wake_read, 512)
+    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
 
     outcome: dict[str, object] = {"reason": state.reason, "started": started, "ended": time.time()}
     if failure:
@@ -131,16 +261,31 @@ def main(argv: list[str]) -> int:
             signal=None,
             error=f"{what}: {os.strerror(abs(code))}",
         )
+    elif status is None:  # never: the loop above ends only once the command is reaped
+        outcome.update(exit_code=None, signal=None, error="the command's status was lost")
     elif os.WIFSIGNALED(status):
         outcome.update(exit_code=-os.WTERMSIG(status), signal=os.WTERMSIG(status), error=None)
     else:
         outcome.update(exit_code=os.WEXITSTATUS(status), signal=None, error=None)
+    outcome["disk_full"] = _disk_full(run_dir)
     outcome["supervisor"] = "python"
-    tmp = os.path.join(run_dir, ".exit.json.tmp")
-    with open(tmp, "w") as handle:
-        json.dump(outcome, handle)
-    os.replace(tmp, os.path.join(run_dir, "exit.json"))
+    _record(run_dir, reserve, (json.dumps(outcome) + "\n").encode())
     return 0
+
+
+def _record(run_dir: str, reserve: int | None, data: bytes) -> None:
+    """Write the outcome over the reserved blocks (no allocation on a full disk), rename it."""
+    tmp = os.path.join(run_dir, ".exit.json.tmp")
+    fd = reserve
+    if fd is None:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.pwrite(fd, data, 0)
+        with contextlib.suppress(OSError):  # blanks after the JSON are still JSON
+            os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
+    os.replace(tmp, os.path.join(run_dir, "exit.json"))
 
 
 def _kill_group(group: int, signum: int) -> None:

@@ -4,26 +4,48 @@
  * Usage: tether-supervise RUN_DIR CWD TIMEOUT GRACE CAPTURE ARGV...
  *
  * Started by tether in a new session, it outlives the Python process that started
- * it. It runs ARGV in its own process group (in CWD, stdout/stderr to RUN_DIR
- * files when CAPTURE is "1"), enforces TIMEOUT seconds (TERM to the group, KILL
- * after GRACE), turns SIGTERM/SIGINT/SIGHUP into a cancel (same escalation), and
- * records the outcome in RUN_DIR/exit.json, written to a temp file then renamed.
- * The Python fallback (tether/_supervise.py) implements the same protocol.
+ * it. The protocol, shared with the pure-Python supervisor (fallback.py):
+ *
+ *  1. Gate: it reads one byte "g" from fd 3, which tether writes once the run's
+ *     record (RUN_DIR/handle.json) is on disk. If the submitter dies first (end of
+ *     file), the run never starts: the record, if any, is removed and nothing runs,
+ *     so no run exists without a record.
+ *  2. Reserve: it writes RUN_DIR/.exit.json.tmp full of blanks, so that the outcome
+ *     can be recorded in place even after the run has filled the disk.
+ *  3. It becomes a child subreaper (PR_SET_CHILD_SUBREAPER): every descendant of the
+ *     run, also one that calls setsid or double-forks, stays in its tree.
+ *  4. It runs ARGV in its own process group (in CWD, stdout/stderr to RUN_DIR files
+ *     when CAPTURE is "1"), enforces TIMEOUT seconds (TERM to every descendant,
+ *     KILL after GRACE) and turns SIGTERM/SIGINT/SIGHUP into a cancel (same).
+ *  5. When the command has ended, whatever of the run is left is stopped the same
+ *     way (TERM, KILL after GRACE; at once after a cancel or timeout), and only
+ *     when no descendant is left does it record the outcome in RUN_DIR/exit.json
+ *     (the reserve file, filled in and renamed). So a recorded run has nothing
+ *     still running.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/statvfs.h>
+#include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#define GATE_FD 3
+#define RESERVE 4096
+
 static volatile sig_atomic_t reason = 0; /* 0 running, 1 timeout, 2 cancelled */
 static volatile sig_atomic_t escalated = 0;
+static volatile sig_atomic_t settled = 0; /* the command has ended: cancel means hurry */
 static volatile pid_t group = 0;
 static double grace = 5.0;
 
@@ -44,17 +66,18 @@ static void stop_group(int why) {
 
 static void on_alarm(int sig) {
     (void)sig;
-    if (reason == 0) {
+    if (reason == 0 && !settled) {
         stop_group(1);
     } else if (!escalated) {
         escalated = 1;
-        if (group > 0) kill(-group, SIGKILL);
+        if (group > 0 && !settled) kill(-group, SIGKILL);
     }
 }
 
 static void on_cancel(int sig) {
     (void)sig;
-    if (reason == 0) stop_group(2);
+    if (settled) escalated = 1;
+    else if (reason == 0) stop_group(2);
 }
 
 static double now(void) {
@@ -69,44 +92,158 @@ static int open_log(const char *dir, const char *name) {
     return open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 }
 
-static void json_string(FILE *f, const char *s) {
-    fputc('"', f);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
-        else if (c < 0x20) fprintf(f, "\\u%04x", c);
-        else fputc(c, f);
+struct proc { pid_t pid, ppid; char zombie, mine; };
+
+/* Read every process's pid, parent and state from /proc; *count gets how many. */
+static struct proc *list_procs(size_t *count) {
+    size_t cap = 256, n = 0;
+    struct proc *procs = malloc(cap * sizeof *procs);
+    DIR *dir = opendir("/proc");
+    struct dirent *entry;
+    while (procs && dir && (entry = readdir(dir)) != NULL) {
+        if (entry->d_name[0] < '1' || entry->d_name[0] > '9') continue;
+        char path[300], buf[1024], state;
+        int ppid;
+        snprintf(path, sizeof path, "/proc/%s/stat", entry->d_name);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) continue;
+        ssize_t len = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (len <= 0) continue;
+        buf[len] = 0;
+        char *end = strrchr(buf, ')'); /* field 2 (comm) may hold spaces and ')' */
+        if (!end || sscanf(end + 2, "%c %d", &state, &ppid) != 2) continue;
+        if (n == cap) {
+            struct proc *more = realloc(procs, 2 * cap * sizeof *procs);
+            if (!more) break;
+            procs = more;
+            cap *= 2;
+        }
+        procs[n++] = (struct proc){(pid_t)atoi(entry->d_name), (pid_t)ppid, state == 'Z', 0};
     }
-    fputc('"', f);
+    if (dir) closedir(dir);
+    *count = n;
+    return procs;
 }
 
-static int record(const char *dir, double started, int status, int exec_errno, const char *what) {
-    char tmp[4096], final[4096];
+/* Send sig (0: none) to every live descendant of this process; return how many live.
+   As a child subreaper we keep every descendant, also those that left the session. */
+static int signal_descendants(int sig) {
+    size_t n = 0;
+    struct proc *procs = list_procs(&n);
+    if (!procs) return 0;
+    pid_t self = getpid();
+    int changed = 1, count = 0;
+    while (changed) { /* mark the tree; a child may be listed before its parent */
+        changed = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (procs[i].mine) continue;
+            int joins = procs[i].ppid == self;
+            for (size_t j = 0; !joins && j < n; j++)
+                joins = procs[j].mine && procs[j].pid == procs[i].ppid;
+            if (joins) { procs[i].mine = 1; changed = 1; }
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!procs[i].mine || procs[i].zombie) continue;
+        if (kill(procs[i].pid, sig) == 0) count++;
+    }
+    free(procs);
+    return count;
+}
+
+static void reap_others(pid_t keep, int *status, int *have_status) {
+    pid_t p;
+    int st;
+    while ((p = waitpid(-1, &st, WNOHANG)) > 0) {
+        if (p == keep) { *status = st; *have_status = 1; }
+    }
+}
+
+static size_t json_string(char *out, size_t cap, const char *s) {
+    size_t n = 0;
+    if (n < cap) out[n++] = '"';
+    for (; *s && n + 7 < cap; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') { out[n++] = '\\'; out[n++] = (char)c; }
+        else if (c < 0x20) n += (size_t)snprintf(out + n, cap - n, "\\u%04x", c);
+        else out[n++] = (char)c;
+    }
+    if (n < cap) out[n++] = '"';
+    return n;
+}
+
+static int disk_full(const char *dir) {
+    struct statvfs s;
+    if (statvfs(dir, &s) != 0) return 0;
+    return s.f_bavail == 0 || (s.f_files > 0 && s.f_favail == 0);
+}
+
+static int record(const char *dir, int reserve, double started, int status, int exec_errno,
+                  const char *what) {
+    char tmp[4096], final[4096], out[RESERVE * 2];
     snprintf(tmp, sizeof tmp, "%s/.exit.json.tmp", dir);
     snprintf(final, sizeof final, "%s/exit.json", dir);
-    FILE *f = fopen(tmp, "w");
-    if (!f) return 1;
     const char *why = reason == 1 ? "timeout" : reason == 2 ? "cancelled" : "exited";
     if (exec_errno) why = "exec_failed";
-    fprintf(f, "{\"reason\": \"%s\", \"started\": %.6f, \"ended\": %.6f, ", why, started, now());
+    size_t n = (size_t)snprintf(out, sizeof out, "{\"reason\": \"%s\", \"started\": %.6f, "
+                                "\"ended\": %.6f, ", why, started, now());
     if (exec_errno) {
-        fprintf(f, "\"exit_code\": 127, \"signal\": null, \"error\": ");
         char msg[4400];
         if (exec_errno < 0)
             snprintf(msg, sizeof msg, "cannot enter working directory '%s': %s", what,
                      strerror(-exec_errno));
         else
             snprintf(msg, sizeof msg, "cannot execute '%s': %s", what, strerror(exec_errno));
-        json_string(f, msg);
+        n += (size_t)snprintf(out + n, sizeof out - n,
+                              "\"exit_code\": 127, \"signal\": null, \"error\": ");
+        n += json_string(out + n, 1024, msg);
     } else if (WIFSIGNALED(status)) {
-        fprintf(f, "\"exit_code\": %d, \"signal\": %d, \"error\": null", -WTERMSIG(status),
-                WTERMSIG(status));
+        n += (size_t)snprintf(out + n, sizeof out - n,
+                              "\"exit_code\": %d, \"signal\": %d, \"error\": null",
+                              -WTERMSIG(status), WTERMSIG(status));
     } else {
-        fprintf(f, "\"exit_code\": %d, \"signal\": null, \"error\": null", WEXITSTATUS(status));
+        n += (size_t)snprintf(out + n, sizeof out - n,
+                              "\"exit_code\": %d, \"signal\": null, \"error\": null",
+                              WEXITSTATUS(status));
     }
-    fprintf(f, ", \"supervisor\": \"c\"}\n");
-    if (fclose(f) != 0) return 1;
+    n += (size_t)snprintf(out + n, sizeof out - n, ", \"disk_full\": %s, \"supervisor\": \"c\"}\n",
+                          disk_full(dir) ? "true" : "false");
+    if (reserve < 0) reserve = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (reserve < 0) return 1;
+    /* In place over the reserved blocks: no allocation needed on a full disk. */
+    if (pwrite(reserve, out, n, 0) != (ssize_t)n) { close(reserve); return 1; }
+    if (ftruncate(reserve, (off_t)n) != 0) { /* blanks after the JSON are still JSON */ }
+    if (close(reserve) != 0) return 1;
     return rename(tmp, final) == 0 ? 0 : 1;
+}
+
+static int make_reserve(const char *dir) {
+    char tmp[4096], blanks[RESERVE];
+    snprintf(tmp, sizeof tmp, "%s/.exit.json.tmp", dir);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) return -1;
+    memset(blanks, ' ', sizeof blanks);
+    if (write(fd, blanks, sizeof blanks) != (ssize_t)sizeof blanks || fsync(fd) != 0) {
+        close(fd);
+        unlink(tmp);
+        return -1;
+    }
+    return fd;
+}
+
+/* Wait for tether's go-ahead; false if the submitter died before the record was written. */
+static int gate_open(const char *dir) {
+    char go = 0;
+    ssize_t n;
+    do { n = read(GATE_FD, &go, 1); } while (n < 0 && errno == EINTR);
+    close(GATE_FD);
+    if (n == 1 && go == 'g') return 1;
+    if (n < 0 && errno == EBADF) return 1; /* started by hand, without a gate */
+    char path[4096];
+    snprintf(path, sizeof path, "%s/handle.json", dir);
+    unlink(path);
+    return 0;
 }
 
 int main(int argc, char **argv) {
@@ -118,8 +255,13 @@ int main(int argc, char **argv) {
     double timeout = atof(argv[3]);
     grace = atof(argv[4]);
     int capture = strcmp(argv[5], "1") == 0;
-    double started = now();
 
+    /* tether starts us with TERM/INT/HUP blocked so that an early cancel waits for
+       the handlers; everything stays blocked except while waiting in ppoll. */
+    sigset_t all, none;
+    sigfillset(&all);
+    sigemptyset(&none);
+    sigprocmask(SIG_BLOCK, &all, NULL);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sigemptyset(&sa.sa_mask);
@@ -130,6 +272,11 @@ int main(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
 
+    if (!gate_open(dir)) return 4;
+    double started = now();
+    int reserve = make_reserve(dir);
+    if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0) { perror("tether-supervise: subreaper"); return 3; }
+
     int out = -1, err = -1;
     if (capture) {
         out = open_log(dir, "stdout");
@@ -139,12 +286,6 @@ int main(int argc, char **argv) {
     int pipefd[2];
     if (pipe2(pipefd, O_CLOEXEC) != 0) { perror("tether-supervise: pipe"); return 3; }
 
-    /* tether starts us with TERM/INT/HUP blocked so that an early cancel waits
-       for the handlers; keep everything blocked until the group is known. */
-    sigset_t all, none;
-    sigfillset(&all);
-    sigemptyset(&none);
-    sigprocmask(SIG_BLOCK, &all, NULL);
     pid_t child = fork();
     if (child < 0) { perror("tether-supervise: fork"); return 3; }
     if (child == 0) {
@@ -170,8 +311,8 @@ int main(int argc, char **argv) {
     }
     setpgid(child, child);
     group = child;
+    int pidfd = (int)syscall(SYS_pidfd_open, child, 0);
     if (timeout > 0) arm(timeout);
-    sigprocmask(SIG_SETMASK, &none, NULL);
     close(pipefd[1]);
     if (out >= 0) close(out);
     if (err >= 0) close(err);
@@ -182,13 +323,37 @@ int main(int argc, char **argv) {
     if (n != (ssize_t)sizeof exec_errno) exec_errno = 0;
     close(pipefd[0]);
 
-    /* Observe the exit without reaping, so the group id cannot be reused while we
-       clear out whatever the run left behind. */
-    siginfo_t info;
-    while (waitid(P_PID, (id_t)child, &info, WEXITED | WNOWAIT) != 0 && errno == EINTR) {}
-    kill(-child, reason ? SIGKILL : SIGTERM);
-    int status = 0;
-    while (waitpid(child, &status, 0) < 0 && errno == EINTR) {}
+    /* While the command runs: act on cancels and the timeout (the handlers signal the
+       group at once; here the rest of the tree, which may have left the group). */
+    int status = 0, have_status = 0, termed = 0;
+    struct timespec tick = {0, 50 * 1000 * 1000};
+    struct pollfd wait_child = {pidfd, POLLIN, 0};
+    while (pidfd >= 0) {
+        if (reason && !termed) { signal_descendants(SIGTERM); termed = 1; }
+        if (escalated) signal_descendants(SIGKILL);
+        int r = ppoll(&wait_child, 1, escalated ? &tick : NULL, &none);
+        if (r > 0) break;
+        if (r < 0 && errno != EINTR) break;
+    }
+    if (pidfd < 0) { /* no pidfd (very old kernel): block in waitpid instead */
+        while (waitpid(child, &status, 0) < 0 && errno == EINTR) {}
+        have_status = 1;
+    }
+    settled = 1;
+
+    /* The command has ended: stop what is left of the run (TERM, then KILL after the
+       grace; KILL at once after a cancel or timeout), reaping as it goes. */
+    if (reason) escalated = 1;
+    arm(grace);
+    int sent_term = 0;
+    while (1) {
+        reap_others(child, &status, &have_status);
+        int live = escalated ? signal_descendants(SIGKILL)
+                   : (sent_term ? signal_descendants(0) : signal_descendants(SIGTERM));
+        sent_term = 1;
+        if (live == 0 && have_status) break;
+        ppoll(NULL, 0, &tick, &none);
+    }
     sigprocmask(SIG_BLOCK, &all, NULL); /* the outcome is settled: no more signals */
-    return record(dir, started, status, exec_errno, exec_errno < 0 ? cwd : argv[6]);
+    return record(dir, reserve, started, status, exec_errno, exec_errno < 0 ? cwd : argv[6]);
 }

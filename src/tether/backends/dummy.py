@@ -22,6 +22,7 @@ from pydantic import ConfigDict, Field, field_validator
 
 from .._files import default_runs_dir, write_atomic, write_json_atomic
 from .._runs import chosen_run_id, make_run_dir, stage_inputs
+from .._shield import shielded_method
 from ..backend import Backend
 from ..call import refuse_calls
 from ..config import BackendConfig
@@ -281,6 +282,7 @@ class DummyRunHandle(RunHandle):
         assert self._result is not None
         return self._result
 
+    @shielded_method
     async def cancel(self) -> None:
         """Mark the run cancelled (visible to every process); no-op when terminal."""
         with anyio.CancelScope(shield=True):

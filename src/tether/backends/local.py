@@ -28,7 +28,7 @@ from pydantic import ConfigDict, Field
 
 from .. import _proc
 from .. import _worker as worker
-from .._files import default_runs_dir, write_atomic, write_json_atomic
+from .._files import default_runs_dir, write_atomic
 from .._runs import (
     chosen_run_id,
     collect_outputs,
@@ -37,6 +37,7 @@ from .._runs import (
     stage_inputs,
     tail_lines,
 )
+from .._shield import shielded_method
 from .._supervisor import cached_supervisor, supervisor_argv
 from ..backend import Backend
 from ..call import Call, call_argv, outcome_fields
@@ -195,9 +196,13 @@ class LocalBackend(Backend[LocalConfig]):
         if supervisor is None:
             supervisor = await anyio.to_thread.run_sync(supervisor_argv)
         _reap_finished()
+        chosen = run_id is not None
         run_id = chosen_run_id(run_id, job.name)
+        if chosen:
+            await self._clear_unstarted(self._runs_dir() / run_id)
         run_dir = make_run_dir(self._runs_dir(), run_id)
         cwd = self._cwd(job, run_dir)
+        gate: int | None = None
         try:
             stage_inputs(job.inputs, run_dir)
             if payload is not None:
@@ -220,32 +225,74 @@ class LocalBackend(Backend[LocalConfig]):
                 *argv,
             ]
             started = time.time()
-            pid = os.posix_spawn(
-                supervisor[0],
-                args,
-                env,
-                file_actions=_spawn_files(config.capture_output),
-                setsid=True,
-                # Blocked until the supervisor's handlers are in place: a cancel sent
-                # right after submit is held, not fatal to the supervisor.
-                setsigmask=_CANCEL_SIGNALS,
-            )
+            # The supervisor waits at a gate (fd 3) until the run's record is written:
+            # if this process dies before that, the run never starts (no run without
+            # a record, so find() and the cache never miss one, nor start it twice).
+            gate_read, gate = os.pipe()
+            try:
+                pid = os.posix_spawn(
+                    supervisor[0],
+                    args,
+                    env,
+                    file_actions=_spawn_files(config.capture_output, gate_read),
+                    setsid=True,
+                    # Blocked until the supervisor's handlers are in place: a cancel sent
+                    # right after submit is held, not fatal to the supervisor.
+                    setsigmask=_CANCEL_SIGNALS,
+                )
+            finally:
+                os.close(gate_read)
+            _children.add(pid)
+            handle = self._handle(job, run_id, run_dir, pid, started)
+            # The record lives in the run folder: runs can be found and re-attached
+            # from the folder alone (``tether ls``), even if the caller never saves one.
+            try:
+                write_record(run_dir / "handle.json", handle.to_record(), sync=False)
+            except OSError as exc:
+                raise SubmitError(
+                    f"Cannot write the run record in '{run_dir}': {exc.strerror or exc}; "
+                    "free some space or set runs_dir to a writable folder."
+                ) from exc
+            os.write(gate, b"g")
         except BaseException as exc:
+            if gate is not None:
+                os.close(gate)  # the gate never opened: the supervisor leaves at once
+                gate = None
+                with anyio.CancelScope(shield=True):
+                    await self._await_supervisor_exit()
             with contextlib.suppress(OSError):
                 shutil.rmtree(run_dir)
             if isinstance(exc, OSError):
                 raise SubmitError(f"Cannot start run of job {job.name!r}: {exc}") from exc
             raise
-        _children.add(pid)
-        handle = self._handle(job, run_id, run_dir, pid, started)
-        # A copy of the handle in the run folder: runs can be found and re-attached
-        # from the folder alone (``tether ls``), even if the caller never saves one.
-        try:
-            write_record(run_dir / "handle.json", handle.to_record(), sync=False)
-        except OSError as exc:
-            await handle.cancel()  # a run nobody could find again must not go on
-            raise SubmitError(f"Cannot write the run record in '{run_dir}': {exc}") from exc
+        finally:
+            if gate is not None:
+                os.close(gate)
         return handle
+
+    async def _await_supervisor_exit(self) -> None:
+        """Reap supervisors whose gate closed unopened (they exit at once)."""
+        with anyio.move_on_after(5.0):
+            while _children:
+                _reap_finished()
+                if not _children:
+                    break
+                await anyio.sleep(0.01)
+
+    async def _clear_unstarted(self, run_dir: Path) -> None:
+        """Remove what a submit that died before its run started left in ``run_dir``.
+
+        Only a folder in which no run ever started (no record, no outcome, no
+        supervisor naming it) is cleared, so that ``submit(job, run_id=…)`` can be
+        called again after :meth:`find` returned None.
+        """
+        if not run_dir.is_dir() or any(
+            (run_dir / name).exists() for name in ("handle.json", "exit.json", ".exit.json.tmp")
+        ):
+            return
+        if await anyio.to_thread.run_sync(_proc.find_by_argument, str(run_dir)) is None:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(run_dir)
 
     def _runs_dir(self) -> Path:
         return (self.config.runs_dir or default_runs_dir()).expanduser().absolute()
@@ -275,34 +322,54 @@ class LocalBackend(Backend[LocalConfig]):
     async def find(self, job: Job, run_id: str) -> LocalRunHandle | None:
         """The run ``submit(job, run_id=run_id)`` started, even if its submitter died early.
 
-        Its ``handle.json`` if written; else the supervisor found by its run folder
-        argument (the submitter died between starting it and writing the record),
-        or the exit record it left. None when the run never started.
+        A run's record (``handle.json``) is written before its command can start (the
+        supervisor waits for it at a gate), so a run folder without a record is a
+        run that never started: None, and submitting again with this ``run_id``
+        starts it. A record whose supervisor died at the gate (its submitter died
+        after writing the record) is a run that never started too.
         """
         run_dir = self._runs_dir() / chosen_run_id(run_id, job.name)
         record = run_dir / "handle.json"
-        if record.is_file():
-            from ..registry import load_handle
-
-            handle = await load_handle(record)
-            if not isinstance(handle, LocalRunHandle):
-                raise RecordError(f"'{record}' is a {handle.backend_type!r} run, not a local one.")
-            return handle
-        if not run_dir.is_dir():
+        if not record.is_file():
             return None
-        pid = await anyio.to_thread.run_sync(_proc.find_by_argument, str(run_dir))
-        if pid is None and not (run_dir / "exit.json").is_file():
-            return None  # the supervisor never started: the command never ran
-        handle = self._handle(job, run_id, run_dir, pid or 0, run_dir.stat().st_mtime)
-        write_record(record, handle.to_record(), sync=False)
-        await handle.refresh()
+        from ..registry import load_handle
+
+        handle = await load_handle(record)
+        if not isinstance(handle, LocalRunHandle):
+            raise RecordError(f"'{record}' is a {handle.backend_type!r} run, not a local one.")
+        state = await handle.refresh()
+        started = (run_dir / ".exit.json.tmp").exists() or (run_dir / "exit.json").exists()
+        if state is RunState.LOST and not started:
+            return None
         return handle
 
 
-def _spawn_files(capture: bool) -> list[tuple[Any, ...]]:
+def _write_outcome(run_dir: Path, outcome: dict[str, Any]) -> None:
+    """Record an outcome the supervisor could not, over its reserved file if it made one
+    (so it needs no new disk blocks), else as a new file; atomic either way."""
+    reserve = run_dir / ".exit.json.tmp"
+    data = (json.dumps(outcome) + "\n").encode()
+    try:
+        fd = os.open(reserve, os.O_WRONLY | os.O_NOFOLLOW)
+    except OSError:
+        write_atomic(run_dir / "exit.json", data)
+        return
+    try:
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
+    os.replace(reserve, run_dir / "exit.json")
+
+
+def _spawn_files(capture: bool, gate: int) -> list[tuple[Any, ...]]:
     """stdin from /dev/null; with capture, stdout/stderr too, so the supervisor never
-    holds the submitter's pipes open (``$(tether submit …)`` returns at once)."""
-    actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0)]
+    holds the submitter's pipes open (``$(tether submit …)`` returns at once); the
+    gate's read end as fd 3."""
+    actions: list[tuple[Any, ...]] = [
+        (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_DUP2, gate, 3),
+    ]
     if capture:
         actions += [
             (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
@@ -364,6 +431,18 @@ class LocalRunHandle(RunHandle):
             return False  # the machine rebooted since: the pid means nothing now
         return _proc.is_running(self._pid, self._ticks)
 
+    def _impostor(self) -> str | None:
+        """Why the live process the record names is not this run's supervisor, if so.
+
+        A record is input, not authority: a crafted ``pid`` must never make tether
+        signal a process it did not start.
+        """
+        if self._pid in _children:
+            return None  # our own child: its pid cannot have been reused
+        if not self._alive():
+            return None  # nothing to touch; refresh() tells how the run ended
+        return _proc.not_supervisor_of(self._pid, self._ticks, str(self._dir))
+
     def _result_from_exit(self, data: dict[str, Any]) -> RunResult:
         reason = data.get("reason")
         code = data.get("exit_code")
@@ -381,6 +460,11 @@ class LocalRunHandle(RunHandle):
         else:
             state = RunState.FAILED
             error = data.get("error") or self._failure_reason(code, stderr)
+            if data.get("disk_full"):
+                error = (
+                    f"{error}: no space left on device (the file system of '{self._dir}' "
+                    "was full when the run ended)"
+                )
         outputs: list[Path] = []
         if self._job.outputs and self._dir.is_dir():
             outputs = collect_outputs(self._job.outputs, self._cwd, self._dir)
@@ -423,6 +507,8 @@ class LocalRunHandle(RunHandle):
             self._finish(self._result_from_exit(data))
         elif not self._dir.is_dir():
             self._finish(self._lost(f"run folder {self._dir} no longer exists", self._started_at))
+        elif (impostor := self._impostor()) is not None:
+            self._finish(self._lost(f"{impostor}; not touching it", self._started_at))
         elif not self._alive():
             data = self._read_exit()  # it may have finished between the two looks
             if data is not None:
@@ -443,7 +529,12 @@ class LocalRunHandle(RunHandle):
             return None
         if self._boot_id and self._boot_id != _boot_id():
             return None
-        return _proc.open_pidfd(self._pid, self._ticks)
+        fd = _proc.open_pidfd(self._pid, self._ticks)
+        # The pidfd pins the process: prove it is this run's supervisor before use.
+        if fd is not None and _proc.not_supervisor_of(self._pid, self._ticks, str(self._dir)):
+            os.close(fd)
+            return None
+        return fd
 
     def _reap(self) -> None:
         """Collect our exited supervisor, so that no zombie is left behind."""
@@ -479,35 +570,39 @@ class LocalRunHandle(RunHandle):
 
     # -- acting ----------------------------------------------------------------
 
+    @shielded_method
     async def cancel(self) -> None:
-        """Ask the supervisor to stop the run (TERM, then KILL after the grace)."""
-        with anyio.CancelScope(shield=True):
-            if (await self.refresh()).is_terminal:
-                return
-            fd = self._open_pidfd()
-            if fd is not None:
-                try:
-                    signal.pidfd_send_signal(fd, signal.SIGTERM)
-                    with anyio.move_on_after(self._local.cancel_grace + 5.0) as scope:
-                        await _proc.wait_pidfd(fd)
-                    if scope.cancelled_caught:  # the supervisor is stuck: do its job
-                        _proc.kill_session(self._pid, signal.SIGKILL)
-                        with contextlib.suppress(ProcessLookupError):
-                            signal.pidfd_send_signal(fd, signal.SIGKILL)
-                        self._record_cancel()
-                    # Anything that left the run's process group but not its session, or
-                    # is still dying from the group's TERM; cancel returns once it is gone.
-                    if _proc.kill_session(self._pid, signal.SIGKILL):
-                        await _proc.wait_session_gone(self._pid)
-                finally:
-                    os.close(fd)
-                self._reap()
-            await self.refresh()
+        """Ask the supervisor to stop the run (TERM, then KILL after the grace).
+
+        Shielded: it finishes even when its caller is cancelled (asyncio's own
+        ``task.cancel()`` and ``wait_for`` included).
+        """
+        if (await self.refresh()).is_terminal:
+            return
+        fd = self._open_pidfd()
+        if fd is not None:
+            try:
+                signal.pidfd_send_signal(fd, signal.SIGTERM)
+                with anyio.move_on_after(self._local.cancel_grace + 5.0) as scope:
+                    await _proc.wait_pidfd(fd)
+                if scope.cancelled_caught:  # the supervisor is stuck: do its job
+                    _proc.kill_session(self._pid, signal.SIGKILL)
+                    with contextlib.suppress(ProcessLookupError):
+                        signal.pidfd_send_signal(fd, signal.SIGKILL)
+                    self._record_cancel()
+                # Anything that left the run's process group but not its session, or
+                # is still dying from the group's TERM; cancel returns once it is gone.
+                if _proc.kill_session(self._pid, signal.SIGKILL):
+                    await _proc.wait_session_gone(self._pid)
+            finally:
+                os.close(fd)
+            self._reap()
+        await self.refresh()
 
     def _record_cancel(self) -> None:
         if self._read_exit() is None:
-            write_json_atomic(
-                self._dir / "exit.json",
+            _write_outcome(
+                self._dir,
                 {
                     "reason": "cancelled",
                     "started": self._started_at,

@@ -151,8 +151,14 @@ def _run_folder(result: RunResult) -> Path:
         raise _Refused(
             f"Run {quote(result.run_id)} has no folder to archive: its backend keeps none"
         )
+    given = result.run_dir.expanduser()
+    if given.is_symlink():
+        raise _Refused(
+            f"Run folder '{given}' is a symlink: tether archives only the run folders it "
+            "created; archive the folder it points to directly"
+        )
     try:
-        run_dir = result.run_dir.expanduser().resolve(strict=True)
+        run_dir = given.resolve(strict=True)
     except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
         run_dir = None
     if run_dir is None or not run_dir.is_dir():
