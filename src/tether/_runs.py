@@ -33,6 +33,9 @@ RESERVED = frozenset(
         "call.pkl",
         "outcome.pkl",
         ".tether-outcome.pkl",
+        "outcome.pkl.sig",
+        ".tether-outcome.pkl.sig",
+        ".exit.json.tmp",
     }
 )
 

@@ -30,6 +30,7 @@ from typing import Any
 from pydantic import PrivateAttr, field_validator, model_validator
 
 from . import _worker as worker
+from ._integrity import trusted_bytes
 from .errors import CallError, ConfigError
 from .job import Job
 
@@ -328,10 +329,12 @@ def outcome_fields(path: Path) -> dict[str, Any]:
     A run whose worker died before writing its outcome has no file: the caller
     then reports the exit status like any command's.
     """
-    try:
-        data = path.read_bytes()
-    except OSError:
+    if not path.exists() and not path.is_symlink():
         return {}
+    # A record named this folder: unpickle only what is proven tether's own.
+    data = trusted_bytes(path)
+    if isinstance(data, str):
+        return {"ok": False, "error": f"the call's outcome was not read: {data}"}
     try:
         fields = decode_outcome(data)
     except Exception as exc:  # a corrupt or foreign pickle: say so, do not crash

@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Literal
 import anyio
 from pydantic import ConfigDict, Field
 
+from .. import _integrity as integrity
 from .. import _proc
 from .. import _worker as worker
 from .._files import default_runs_dir, write_atomic
@@ -187,6 +188,8 @@ class LocalBackend(Backend[LocalConfig]):
         """
         argv = self._argv(job)
         payload = job.payload() if isinstance(job, Call) else None
+        if payload is not None:
+            integrity.key()  # made now, so the worker can sign the call's outcome
         config = self.config
         timeout = float(config.timeout)
         if job.resources.walltime is not None:

@@ -38,6 +38,7 @@ from pydantic import (
 
 from .. import _plugins, _proc
 from .._files import cache_home, default_runs_dir
+from .._integrity import seal
 from .._runs import make_run_dir, new_run_id, tail_lines
 from ..backend import Backend
 from ..call import Call, encode_outcome, outcome_fields
@@ -460,6 +461,8 @@ class CachedBackend(Backend[CachedConfig]):
         run_dir = make_run_dir(self._runs_dir(), run_id)
         for stored in entry.files:
             store.blobs.restore(stored.digest, run_dir / stored.path)
+            if stored.path == _OUTCOME:
+                seal(run_dir / _OUTCOME)  # ours: the entry's blob, checked intact above
         result = _with_value(_absolute(entry.result, run_id, run_dir), run_dir)
         handle = CachedRunHandle(
             run_id=run_id,
