@@ -69,6 +69,23 @@ def bench(session: nox.Session) -> None:
         session.error(f"missed their bars: {', '.join(missed)}")
 
 
+@nox.session(python=PYTHON)
+def stress(session: nox.Session) -> None:
+    """The contract suite, the CLI and the fault tests twice at once, as on a busy machine.
+
+    Both copies must pass: a test that passes alone but fails beside another job is
+    a bug. ``nox -s stress -- -x`` passes pytest options to both copies.
+    """
+    session.install("-e", ".[test]")
+    python = str(Path(session.bin) / "python")
+    suites = ["tests/contract", "tests/test_cli.py", "tests/test_local_faults.py"]
+    argv = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *suites, *session.posargs]
+    copies = [subprocess.Popen(argv) for _ in range(2)]
+    codes = [copy.wait() for copy in copies]
+    if any(codes):
+        session.error(f"a copy failed under load (exit codes {codes})")
+
+
 @nox.session(python=False)
 def services(session: nox.Session) -> None:
     """Install (if missing) and start the real services the tests use: the Docker engine."""

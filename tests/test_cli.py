@@ -101,6 +101,9 @@ def test_run_interrupted_cancels_the_run(cli: CLI) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        # Whatever launched the tests (a CI runner, `nohup`, a background job) may
+        # ignore SIGINT, and an ignored signal stays ignored across exec.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     ) as proc:
         deadline = time.monotonic() + 20
         while not list((cli.home / "runs").glob("*/handle.json")):
