@@ -447,3 +447,47 @@ def test_mpiexec_must_split_into_words_and_blank_means_none() -> None:
     assert DockerConfig(image="x", mpiexec="  ").mpiexec is None
     with pytest.raises(ValidationError, match="cannot be split: No closing quotation"):
         DockerConfig(image="x", mpiexec='mpiexec "-n 4')
+
+
+# -- settings that hand the container the host are refused unless opted in ----------
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "/:/host:rw",
+        "/:/host:ro",
+        "/var/run/docker.sock:/var/run/docker.sock",
+        "/run/docker.sock:/sock",
+        "/var/run:/hostrun",
+        "/run:/hostrun",
+        "/var:/hostvar",
+    ],
+)
+def test_mounting_the_host_root_or_docker_socket_is_refused(spec: str) -> None:
+    host = spec.partition(":")[0]
+    if not Path(host).exists():
+        pytest.skip(f"{host} does not exist here")
+    with pytest.raises(ValidationError) as info:
+        DockerConfig(image=IMPORTED_IMAGE, volumes=[spec])
+    message = str(info.value)
+    assert "allow_host_access" in message and "Docker socket" in message
+
+
+def test_host_network_is_refused() -> None:
+    with pytest.raises(ValidationError, match=r"network_mode 'host'.*allow_host_access"):
+        DockerConfig(image=IMPORTED_IMAGE, network_mode="host")
+
+
+def test_allow_host_access_opts_in(tmp_path: Path) -> None:
+    config = DockerConfig(
+        image=IMPORTED_IMAGE, volumes=["/:/host:ro"], network_mode="host", allow_host_access=True
+    )
+    assert config.volumes == ["/:/host:ro"] and config.network_mode == "host"
+
+
+def test_a_narrow_folder_and_bridge_network_are_accepted(tmp_path: Path) -> None:
+    config = DockerConfig(
+        image=IMPORTED_IMAGE, volumes=[f"{tmp_path}:/data"], network_mode="bridge"
+    )
+    assert config.volumes == [f"{tmp_path}:/data:rw"]

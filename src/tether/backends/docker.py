@@ -14,6 +14,7 @@ the deadline, and a handle that re-attaches after the deadline stops it then.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import re
 import shlex
@@ -30,6 +31,7 @@ from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_v
 from .._files import default_runs_dir, write_atomic, write_json_once
 from .._loading import quote
 from .._runs import collect_outputs, last_line, make_run_dir, new_run_id, stage_inputs, tail_lines
+from .._shield import shielded_method
 from .._version import __version__
 from ..backend import Backend
 from ..call import refuse_calls
@@ -166,6 +168,12 @@ class DockerConfig(BackendConfig):
         "'host' or a network name.",
         examples=["none"],
     )
+    allow_host_access: bool = Field(
+        False,
+        description="Allow settings that hand the container the host: mounting '/' or the "
+        "Docker socket (or a folder holding it), and network_mode 'host'. Off by default.",
+        examples=[False],
+    )
     pull: bool = Field(
         False,
         description="Pull the image when the engine does not have it; False makes a missing "
@@ -213,7 +221,16 @@ class DockerConfig(BackendConfig):
     capabilities: ClassVar[frozenset[str]] = _CAPABILITIES
     preference: ClassVar[int] = 30  # isolated, but needs an engine: after local
     cache_ignore: ClassVar[frozenset[str]] = frozenset(
-        {"timeout", "runs_dir", "cancel_grace", "remove_container", "pull", "labels", "docker_host"}
+        {
+            "timeout",
+            "runs_dir",
+            "cancel_grace",
+            "remove_container",
+            "pull",
+            "labels",
+            "docker_host",
+            "allow_host_access",
+        }
     )
 
     @classmethod
@@ -326,6 +343,25 @@ class DockerConfig(BackendConfig):
         return url
 
     @model_validator(mode="after")
+    def _no_host_access(self) -> DockerConfig:
+        if self.allow_host_access:
+            return self
+        if self.network_mode == "host":
+            raise ValueError(
+                "network_mode 'host' gives the container the host's network: use 'none' or "
+                "'bridge', or set allow_host_access: true"
+            )
+        for spec in self.volumes:
+            host = spec.partition(":")[0]
+            if _exposes_host(host):
+                raise ValueError(
+                    f"volumes {quote(spec)} mounts the host's '/' or the Docker socket (full "
+                    "control of the host): mount a narrower folder, or set "
+                    "allow_host_access: true"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _image_or_dockerfile(self) -> DockerConfig:
         if self.image is None and self.dockerfile is None:
             raise ValueError("Either 'image' or 'dockerfile' must be provided")
@@ -346,6 +382,27 @@ class DockerConfig(BackendConfig):
     def handle_class(cls) -> builtins.type[DockerRunHandle]:
         """Saved Docker runs load into :class:`DockerRunHandle`."""
         return DockerRunHandle
+
+
+#: Host paths whose mount hands the container the host (the Docker socket).
+_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
+
+
+def _exposes_host(host: str) -> bool:
+    """Whether mounting host path ``host`` exposes '/' or the Docker socket."""
+    path = Path(host).expanduser()
+    candidates = {path.as_posix().rstrip("/") or "/"}
+    with contextlib.suppress(OSError):
+        candidates.add(str(path.resolve()))
+    for candidate in candidates:
+        if candidate == "/":
+            return True
+        for sock in _SOCKETS:
+            real = str(Path(sock).resolve()) if Path(sock).exists() else sock
+            for target in {sock, real}:
+                if target == candidate or target.startswith(candidate.rstrip("/") + "/"):
+                    return True
+    return False
 
 
 def _volume(spec: str, *, check_host: bool) -> str:
@@ -844,14 +901,17 @@ class DockerRunHandle(RunHandle):
 
     # -- acting ------------------------------------------------------------------------
 
+    @shielded_method
     async def cancel(self) -> None:
-        """Stop the container (TERM, then KILL after ``cancel_grace``) and record it."""
-        with anyio.CancelScope(shield=True):
-            if (await self.refresh()).is_terminal:
-                return
-            async with eng.engine(self._docker.docker_host) as client:
-                await self._stop(client, "cancelled")
-            await self.refresh()
+        """Stop the container (TERM, then KILL after ``cancel_grace``) and record it.
+
+        Runs to its end whatever cancels the caller (asyncio's own cancels included).
+        """
+        if (await self.refresh()).is_terminal:
+            return
+        async with eng.engine(self._docker.docker_host) as client:
+            await self._stop(client, "cancelled")
+        await self.refresh()
 
     async def logs(
         self, stream: Stream = "stdout", *, follow: bool = False
