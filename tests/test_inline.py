@@ -306,26 +306,33 @@ async def test_walltime_counts_from_the_call_start(mode: str) -> None:
 
 async def test_cancels_racing_the_end_of_calls(mode: str) -> None:
     """Cancels landing just before, during and after short calls: every run ends once,
-    and no stray stop reaches the pool itself (its slots keep working)."""
+    and no stray stop reaches the pool itself (its slots keep working).
+
+    On a busy machine a whole round of calls can end before its first cancel lands, so
+    rounds repeat (at most five) until one of them has cancelled a run."""
     backend = inline(mode, cancel_grace=fresh_grace(0.2))
-    handles = [await backend.submit(Call(cs.python_busy, 0.001)) for _ in range(150)]
 
     async def cancel_later(i: int, handle: tether.RunHandle) -> None:
         await anyio.sleep((i % 30) * 0.005)
         await handle.cancel()
 
-    with anyio.fail_after(30):
-        async with anyio.create_task_group() as group:
-            for i, handle in enumerate(handles):
-                group.start_soon(cancel_later, i, handle)
-        results = [await h.wait() for h in handles]
-    assert {r.state for r in results} <= {RunState.SUCCEEDED, RunState.CANCELLED}
-    assert RunState.CANCELLED in {r.state for r in results}
-    for result in results:
-        if result.state is RunState.SUCCEEDED:
-            assert result.value == "finished"
-        else:
-            assert result.error == "cancelled"
+    states: set[RunState] = set()
+    for _ in range(5):
+        handles = [await backend.submit(Call(cs.python_busy, 0.001)) for _ in range(150)]
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as group:
+                for i, handle in enumerate(handles):
+                    group.start_soon(cancel_later, i, handle)
+            results = [await h.wait() for h in handles]
+        for result in results:
+            states.add(result.state)
+            if result.state is RunState.SUCCEEDED:
+                assert result.value == "finished"
+            else:
+                assert result.state is RunState.CANCELLED and result.error == "cancelled"
+        if RunState.CANCELLED in states:
+            break
+    assert RunState.CANCELLED in states
     after = [await backend.submit(Call(cs.square, i)) for i in range(4)]
     assert [(await h.wait(10)).value for h in after] == [0, 1, 4, 9]
 

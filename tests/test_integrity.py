@@ -74,3 +74,29 @@ async def test_crafted_cached_hit_does_not_unpickle(tmp_path: Path) -> None:
     loaded = await tether.load_handle(crafted)
     await loaded.refresh()
     assert not marker.exists(), "a crafted pickle was unpickled"
+
+
+def test_racing_key_creators_in_one_process_agree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Threads of one process creating the key at once (a cache restoring hits from
+    worker threads) all get the same key, and no temporary file is left behind."""
+    import threading
+
+    from tether import _integrity
+
+    monkeypatch.setenv("TETHER_HOME", str(tmp_path / "home"))
+    barrier = threading.Barrier(8)
+    keys: list[bytes] = []
+
+    def create() -> None:
+        barrier.wait()
+        keys.append(_integrity.key())
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(keys) == 8 and len(set(keys)) == 1 and len(keys[0]) == 32
+    assert sorted(p.name for p in (tmp_path / "home").iterdir()) == ["secret.key"]

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import hmac
 import os
+import secrets
 import stat
 from pathlib import Path
 
@@ -35,7 +36,8 @@ def key() -> bytes:
     except FileNotFoundError:
         pass
     make_private_dir(path.parent)
-    tmp = path.with_name(f".secret.key.{os.getpid()}.tmp")
+    # unique per creator: threads of one process race here too
+    tmp = path.with_name(f".secret.key.{os.getpid()}.{secrets.token_hex(8)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.write(fd, os.urandom(32))
