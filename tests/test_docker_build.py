@@ -25,7 +25,7 @@ import pytest_asyncio
 
 import tether
 from tether import DockerConfig, DockerRunHandle, Job, RunState, SubmitError
-from tether.backends._docker_build import context_digest, context_files, context_tar, image_tag
+from tether.backends.docker._build import context_digest, context_files, context_tar, image_tag
 
 from .services import missing
 

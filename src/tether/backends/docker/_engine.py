@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 
 import anyio
 
-from ..capabilities import Availability, missing_extra
-from ..errors import BackendError, BackendUnavailableError, SubmitError
+from ...capabilities import Availability, missing_extra
+from ...errors import BackendError, BackendUnavailableError, SubmitError
 
 if TYPE_CHECKING:
     import aiodocker

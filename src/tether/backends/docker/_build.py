@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 
-from ..errors import SubmitError
-from ._docker_engine import is_not_found
+from ...errors import SubmitError
+from ._engine import is_not_found
 
 if TYPE_CHECKING:
     import aiodocker
