@@ -30,6 +30,7 @@ RESERVED = frozenset(
         "outputs",
         "cancelled.json",
         "stop.json",
+        ".watchdog.log",
         "call.pkl",
         "outcome.pkl",
         ".tether-outcome.pkl",

@@ -141,7 +141,8 @@ async def test_cancel_from_reloaded_handle(harness: Harness, tmp_path: Path) -> 
 
 
 async def test_reattach_running_run_in_fresh_process(harness: Harness, tmp_path: Path) -> None:
-    backend, job = harness.make(lines=["from-before", "and-after"], duration=1.5, exit_code=4)
+    # Long enough that a fresh interpreter on a busy machine re-attaches before the end.
+    backend, job = harness.make(lines=["from-before", "and-after"], duration=4, exit_code=4)
     handle = await backend.submit(job)
     path = await handle.save(tmp_path / "run.json")
     assert path.stat().st_mode & 0o777 == 0o600

@@ -7,8 +7,10 @@ a ``refresh`` after a re-attach, ``cancel``, or ``tether docker prune``) copies 
 stdout and stderr into the run folder, records ``exit.json`` (first writer wins),
 and only then removes it, so the exit code and the logs are never lost.
 
-The engine has no run timeout of its own: a waiting handle stops the container at
-the deadline, and a handle that re-attaches after the deadline stops it then.
+The engine has no run timeout of its own: each run's detached watchdog
+(``_watchdog``) stops the container at the deadline and records its end with
+nobody attached. Before touching a container a record names, the handle proves it
+carries that run's labels.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
 import shutil
 import time
@@ -11,16 +13,19 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
 
+from ... import _proc
 from ..._files import default_runs_dir
-from ..._runs import make_run_dir, new_run_id, stage_inputs
+from ..._runs import chosen_run_id, make_run_dir, stage_inputs
 from ..._version import __version__
 from ...backend import Backend
 from ...call import refuse_calls
 from ...capabilities import Availability
-from ...errors import ConfigError, SubmitError
+from ...errors import ConfigError, RecordError, SubmitError
 from ...job import Job, parse_memory
 from ...records import write_record
+from ...result import RunState
 from . import _engine as eng
+from . import _watchdog
 from ._build import ensure_image
 
 if TYPE_CHECKING:
@@ -28,6 +33,9 @@ if TYPE_CHECKING:
 
 from .config import CAPABILITIES, LABEL_RUN_DIR, LABEL_RUN_ID, LABEL_VERSION, DockerConfig
 from .handle import DockerRunHandle
+
+#: Seconds find() waits for the watchdog of a created container to decide.
+_FIND_PATIENCE = 60.0
 
 
 class DockerBackend(Backend[DockerConfig]):
@@ -158,8 +166,14 @@ class DockerBackend(Backend[DockerConfig]):
             )
         return container_id
 
-    async def submit(self, job: Job) -> DockerRunHandle:
-        """Create and start the job's container and return at once."""
+    async def submit(self, job: Job, *, run_id: str | None = None) -> DockerRunHandle:
+        """Create and start the job's container and return at once.
+
+        The run's record (``handle.json``) is written before the container starts,
+        and a detached watchdog enforces the timeout and records the end with nobody
+        attached (see ``_watchdog``). ``run_id`` (default: a new one) names the run,
+        its folder and its container; see :meth:`find`.
+        """
         refuse_calls(job, "Docker")
         config = self.config
         command = self._command(job)
@@ -178,13 +192,15 @@ class DockerBackend(Backend[DockerConfig]):
                 raise SubmitError(
                     f"Job {job.name!r}: working folder '{workdir}' does not exist: create it."
                 )
-        run_id = new_run_id(job.name)
+        chosen = run_id is not None
+        run_id = chosen_run_id(run_id, job.name)
         async with eng.engine(config.docker_host, submitting=True) as client:
             image = await self._image(client)
-            run_dir = make_run_dir(
-                (config.runs_dir or default_runs_dir()).expanduser().absolute(), run_id
-            )
+            if chosen:
+                await self._clear_unstarted(self._runs_dir() / run_id)
+            run_dir = make_run_dir(self._runs_dir(), run_id)
             container_id: str | None = None
+            gate: int | None = None
             try:
                 stage_inputs(job.inputs, run_dir)
                 spec = self._spec(
@@ -195,6 +211,7 @@ class DockerBackend(Backend[DockerConfig]):
                     run_dir=run_dir,
                     workdir=workdir,
                 )
+                pid, gate = _watchdog.spawn(run_dir, config.docker_host)
                 container_id = await self._create(client, spec, f"tether-{run_id}")
                 handle = DockerRunHandle(
                     run_id=run_id,
@@ -206,19 +223,60 @@ class DockerBackend(Backend[DockerConfig]):
                     image=image,
                     started_at=time.time(),
                     timeout=timeout,
+                    watchdog=(pid, _proc.start_ticks(pid)),
                 )
+                # Recorded before it can start: a run that exists can always be found.
+                write_record(run_dir / "handle.json", handle.to_record(), sync=False)
                 refused = await eng.start(client, container_id)
                 if refused is not None:  # e.g. the command is not in the image
                     await handle._record_start_failure(client, refused)
-                # Runs can be found and re-attached from the folder alone (tether ls).
-                write_record(run_dir / "handle.json", handle.to_record(), sync=False)
+                os.write(gate, b"g")
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     if container_id is not None:
                         await eng.remove(client, container_id, force=True)
                     shutil.rmtree(run_dir, ignore_errors=True)
                 raise
+            finally:
+                if gate is not None:
+                    os.close(gate)
         return handle
+
+    async def find(self, job: Job, run_id: str) -> DockerRunHandle | None:
+        """The run ``submit(job, run_id=run_id)`` started, even if its submitter died early.
+
+        The record is written before the container starts, so a run folder without
+        one is a run that never started: None. A recorded container that is still
+        only created is waited on until its watchdog decides: started (the handle)
+        or discarded because its submitter died first (None).
+        """
+        from ...registry import load_handle
+
+        record = self._runs_dir() / chosen_run_id(run_id, job.name) / "handle.json"
+        if not record.is_file():
+            return None
+        handle = await load_handle(record)
+        if not isinstance(handle, DockerRunHandle):
+            raise RecordError(f"'{record}' is a {handle.backend_type!r} run, not a docker one.")
+        with anyio.move_on_after(_FIND_PATIENCE):
+            while await handle.refresh() is RunState.PENDING and record.is_file():  # noqa: ASYNC110
+                await anyio.sleep(0.1)  # polls files another process changes
+        if not record.is_file():
+            return None  # discarded: it never started
+        return handle
+
+    async def _clear_unstarted(self, run_dir: Path) -> None:
+        """Remove what a submit that died before its container started left in
+        ``run_dir`` (no record): the created container and the folder, so that
+        ``submit(job, run_id=...)`` can be called again after :meth:`find` said None."""
+        if not run_dir.is_dir() or (run_dir / "handle.json").exists():
+            return
+        await DockerRunHandle.discard_unrecorded(run_dir, self.config.docker_host)
+        with contextlib.suppress(OSError):
+            shutil.rmtree(run_dir)
+
+    def _runs_dir(self) -> Path:
+        return (self.config.runs_dir or default_runs_dir()).expanduser().absolute()
 
     @staticmethod
     async def prune(

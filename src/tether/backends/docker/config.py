@@ -21,7 +21,9 @@ if TYPE_CHECKING:
     from .backend import DockerBackend
     from .handle import DockerRunHandle
 
-CAPABILITIES = frozenset({"detached", "reattach", "cancel", "logs_follow", "commands", "timeout"})
+CAPABILITIES = frozenset(
+    {"detached", "reattach", "find", "cancel", "logs_follow", "commands", "timeout"}
+)
 _MIN_MEMORY = 6 * 1024**2  # the engine refuses smaller limits
 _USER = re.compile(r"^[A-Za-z0-9_.-]+(?::[A-Za-z0-9_.-]+)?$")
 _SCHEMES = ("unix://", "tcp://", "http://", "https://", "ssh://")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import AsyncGenerator
@@ -10,19 +11,23 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
 
+from ... import _proc
 from ..._files import write_atomic, write_json_once
 from ..._runs import collect_outputs, last_line, tail_lines
 from ..._shield import shielded_method
 from ...config import BackendConfig
+from ...errors import BackendError
 from ...handle import RunHandle, Stream, check_stream
 from ...job import Job
 from ...result import RunResult, RunState, utc_time
 from . import _engine as eng
+from .config import LABEL_RUN_DIR, LABEL_RUN_ID, DockerConfig
 
 if TYPE_CHECKING:
     import aiodocker
 
-from .config import DockerConfig
+#: Seconds a container gets to be reported stopped after the engine's stop returned.
+_STOP_WAIT = 30.0
 
 
 class DockerRunHandle(RunHandle):
@@ -42,6 +47,7 @@ class DockerRunHandle(RunHandle):
         image: str,
         started_at: float,
         timeout: float,
+        watchdog: tuple[int, int | None] | None = None,
     ) -> None:
         super().__init__(
             run_id=run_id, job=job, config=config, state=RunState.RUNNING, run_dir=run_dir
@@ -53,6 +59,7 @@ class DockerRunHandle(RunHandle):
         self._image = image
         self._started_at = started_at
         self._timeout = timeout
+        self._watchdog = watchdog
 
     @property
     def container_id(self) -> str:
@@ -67,6 +74,72 @@ class DockerRunHandle(RunHandle):
     @property
     def _deadline(self) -> float:
         return self._started_at + self._timeout
+
+    # -- proving the container is the run's own -----------------------------------------
+
+    def _not_ours(self, info: dict[str, Any]) -> str | None:
+        """Why the container ``info`` describes is not this run's, or None if it is.
+
+        A record can come from anywhere: a container is this run's only when it
+        carries the run's id and folder in the labels tether set at creation.
+        """
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        if labels.get(LABEL_RUN_ID) == self.run_id and labels.get(LABEL_RUN_DIR) == str(self._dir):
+            return None
+        return (
+            f"container {self._container_id[:12]} is not this run's (label "
+            f"{LABEL_RUN_ID}={labels.get(LABEL_RUN_ID)!r}, expected {self.run_id!r}); "
+            "not touching it"
+        )
+
+    async def _own(self, client: aiodocker.Docker) -> dict[str, Any] | None:
+        """The container's inspect data once proven the run's own; None when it is gone.
+
+        A container that is not the run's makes the run LOST (the reason says why)
+        and is never stopped, removed or read: :class:`_NotOurs` is raised.
+        """
+        info = await eng.inspect(client, self._container_id)
+        if info is not None and (why := self._not_ours(info)) is not None:
+            self._finish(self._lost(why, self._started_at))
+            raise _NotOurs(why)
+        return info
+
+    def _watchdog_gone(self) -> bool:
+        """Whether the run's watchdog is proven gone (a record without one: unknown, no)."""
+        if self._watchdog is None:
+            return False
+        return not _proc.is_running(*self._watchdog)
+
+    async def discard_if_unstarted(self) -> bool:
+        """Discard the run if its container never started (its submitter died before it
+        could): the record goes first, then the container. True if it was discarded."""
+        async with eng.engine(self._docker.docker_host) as client:
+            try:
+                info = await self._own(client)
+            except _NotOurs:
+                return False
+            if ((info or {}).get("State") or {}).get("Status") != "created":
+                return False
+            with contextlib.suppress(FileNotFoundError):
+                (self._dir / "handle.json").unlink()
+            await eng.remove(client, self._container_id, force=True)
+        return True
+
+    @staticmethod
+    async def discard_unrecorded(run_dir: Path, docker_host: str | None) -> None:
+        """Remove the never-started container of a run folder that has no record."""
+        name = f"tether-{run_dir.name}"
+        async with eng.engine(docker_host) as client:
+            info = await eng.inspect(client, name)
+            labels = ((info or {}).get("Config") or {}).get("Labels") or {}
+            status = ((info or {}).get("State") or {}).get("Status")
+            if (
+                info is not None
+                and labels.get(LABEL_RUN_ID) == run_dir.name
+                and labels.get(LABEL_RUN_DIR) == str(run_dir)
+                and status == "created"
+            ):
+                await eng.remove(client, str(info["Id"]), force=True)
 
     # -- recording the end -----------------------------------------------------------
 
@@ -122,7 +195,16 @@ class DockerRunHandle(RunHandle):
         """Stop the container (TERM, grace, KILL) for ``reason`` and record its end."""
         write_json_once(self._dir / "stop.json", {"reason": reason, "at": time.time()})
         await eng.stop(client, self._container_id, self._docker.cancel_grace)
+        # Terminal only once nothing of the run runs: the engine says it stopped.
+        with anyio.move_on_after(_STOP_WAIT):
+            await eng.wait_exit(client, self._container_id)
         info = await eng.inspect(client, self._container_id)
+        status = ((info or {}).get("State") or {}).get("Status")
+        if info is not None and status not in ("exited", "dead"):
+            raise BackendError(
+                f"container {self._container_id[:12]} is still {status} after being stopped; "
+                "cancel again, or stop it with docker kill"
+            )
         if info is not None:
             await self._record_end(client, info)
 
@@ -184,15 +266,12 @@ class DockerRunHandle(RunHandle):
             self._finish(self._lost(f"run folder {self._dir} no longer exists", self._started_at))
             return self._state
         if data is None:
-            async with eng.engine(self._docker.docker_host) as client:
-                info = await eng.inspect(client, self._container_id)
-                status = ((info or {}).get("State") or {}).get("Status")
-                if status in ("exited", "dead"):
-                    await self._record_end(client, info or {})
-                elif status is not None and time.time() >= self._deadline:
-                    await self._stop(client, "timeout")
-                elif status == "created":
-                    self._set_state(RunState.PENDING)
+            try:
+                status = await self._look()
+            except _NotOurs:
+                return self._state
+            if self._result is not None:
+                return self._state
             data = self._read_json("exit.json")  # ours, or another process's
             if data is None and status is None:
                 self._finish(
@@ -206,7 +285,36 @@ class DockerRunHandle(RunHandle):
             self._finish(self._result_from_exit(data))
         return self._state
 
+    async def _look(self) -> str | None:
+        """Ask the engine about the (proven) container and act on what it says: record
+        an end, stop it past its deadline, discard it if it can never start. Returns
+        the container's status, None when it is gone."""
+        async with eng.engine(self._docker.docker_host) as client:
+            info = await self._own(client)
+            status = ((info or {}).get("State") or {}).get("Status")
+            if status in ("exited", "dead"):
+                await self._record_end(client, info or {})
+            elif status == "created" and self._watchdog_gone():
+                # Its submitter died before starting it, and so did its watchdog.
+                with contextlib.suppress(FileNotFoundError):
+                    (self._dir / "handle.json").unlink()
+                await eng.remove(client, self._container_id, force=True)
+                self._finish(
+                    self._lost(
+                        "never started: its submitter stopped before starting the container",
+                        self._started_at,
+                    )
+                )
+            elif status is not None and time.time() >= self._deadline:
+                await self._stop(client, "timeout")
+            elif status == "created":
+                self._set_state(RunState.PENDING)
+        return status
+
     async def _wait_done(self) -> RunResult:
+        if (await self.refresh()).is_terminal:
+            assert self._result is not None
+            return self._result
         while self._result is None:
             if (await self.refresh()).is_terminal:
                 break
@@ -221,6 +329,14 @@ class DockerRunHandle(RunHandle):
                         await eng.wait_exit(client, self._container_id)
             # Ended (refresh records it) or past the deadline (refresh stops it).
         assert self._result is not None
+        if self._result.state is not RunState.LOST and self._docker.remove_container:
+            # Recorded by another process (the watchdog) that may not have removed the
+            # container yet: a waiter returns once nothing of the run is left.
+            async with eng.engine(self._docker.docker_host) as client:
+                with contextlib.suppress(_NotOurs), anyio.move_on_after(_STOP_WAIT):
+                    while await self._own(client) is not None:
+                        await eng.remove(client, self._container_id, force=True)
+                        await anyio.sleep(0.05)  # another process's removal in progress
         return self._result
 
     # -- acting ------------------------------------------------------------------------
@@ -248,6 +364,10 @@ class DockerRunHandle(RunHandle):
         seen = 0
         if self._read_json("exit.json") is None and self._dir.is_dir():
             async with eng.engine(self._docker.docker_host) as client:
+                try:
+                    await self._own(client)
+                except _NotOurs:
+                    return
                 if follow:
                     buffer = ""
                     async for chunk in eng.follow_logs(client, self._container_id, stream):
@@ -282,6 +402,7 @@ class DockerRunHandle(RunHandle):
             "image": self._image,
             "started_at": self._started_at,
             "timeout": self._timeout,
+            "watchdog": None if self._watchdog is None else list(self._watchdog),
         }
 
     @classmethod
@@ -301,6 +422,7 @@ class DockerRunHandle(RunHandle):
             image=str(data["image"]),
             started_at=float(data["started_at"]),
             timeout=float(data["timeout"]),
+            watchdog=_watchdog_field(data.get("watchdog")),
         )
 
 
@@ -309,3 +431,15 @@ def _lines(text: str) -> list[str]:
     if lines and lines[-1] == "":
         lines.pop()
     return lines
+
+
+class _NotOurs(Exception):
+    """The container a record names is not the run's own (the run is LOST already)."""
+
+
+def _watchdog_field(value: Any) -> tuple[int, int | None] | None:
+    """The recorded watchdog (pid, start ticks), or None for a record without one."""
+    if isinstance(value, list) and len(value) == 2 and isinstance(value[0], int):
+        ticks = value[1]
+        return value[0], ticks if isinstance(ticks, int) else None
+    return None
