@@ -77,6 +77,23 @@ def oversize(path: Path, what: str) -> str | None:
     )
 
 
+def read_capped(path: Path, what: str) -> bytes | str:
+    """``path``'s bytes, or why not (one line) when it holds more than MAX_FILE_SIZE.
+
+    Reads at most one byte past the limit, so a device (``/dev/zero``) or a file
+    that grows after :func:`oversize` looked at it cannot hang tether or fill memory.
+    OSErrors (missing, unreadable) are the caller's to report.
+    """
+    with Path(path).open("rb") as handle:
+        data = handle.read(MAX_FILE_SIZE + 1)
+    if len(data) <= MAX_FILE_SIZE:
+        return data
+    return (
+        f"{what} file '{path}' holds more than {MAX_FILE_SIZE} bytes, the limit "
+        "(MAX_FILE_SIZE): check that it is the right file."
+    )
+
+
 def make_private_dir(path: Path) -> Path:
     """Create ``path`` and any missing parents with mode 0700, whatever the umask.
 

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from ._files import oversize
+from ._files import oversize, read_capped
 from .errors import ConfigError
 
 Loc = tuple[str | int, ...]
@@ -52,7 +52,10 @@ def read_mapping(path: Path, what: str) -> tuple[dict[str, Any], dict[Loc, int]]
     if too_big:
         raise ConfigError(too_big)
     try:
-        text = path.read_text(encoding="utf-8")
+        data_bytes = read_capped(path, what)
+        if isinstance(data_bytes, str):
+            raise ConfigError(data_bytes)
+        text = data_bytes.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{what} file '{path}' does not exist: check the path.") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ._files import oversize, write_json_atomic
+from ._files import oversize, read_capped, write_json_atomic
 from .errors import RecordError, RecordVersionError
 
 FORMAT = "tether.handle"
@@ -43,10 +43,13 @@ def read_record(path: Path) -> dict[str, Any]:
     if too_big:
         raise RecordError(too_big)
     try:
-        text = path.read_text()
+        data = read_capped(path, "Handle")
+        if isinstance(data, str):
+            raise RecordError(data)
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise RecordError(f"Handle file '{path}' does not exist: check the path.") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise RecordError(f"Handle file '{path}' cannot be read: {exc}") from exc
     try:
         record = json.loads(text)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._files import make_private_dir
 from ..errors import ConfigError
 
 VERSION = 1
@@ -187,7 +188,7 @@ class Journal:
         """Lock the file, replay it, drop a torn tail, and start appending."""
         path = self.path
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dir(path.parent)  # the folders it makes are owner-only
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise ConfigError(

@@ -4,7 +4,8 @@ Run folders are treated as hostile: member names are relative POSIX paths inside
 the run folder, symlinks are archived only when they resolve inside it (as the
 file they point to, under their own name), symlinked folders are not entered,
 special files are never opened (a FIFO would hang the read), and the archive
-appears at its destination whole or not at all.
+appears at its destination whole or not at all. Given a runs folder (``runs_dir``),
+a run folder that does not resolve to a folder inside it is refused untouched.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ..result import RunResult
 #: Accepted ``archive_format`` values → the format written.
 _FORMATS = {"zip": "zip", "tar.gz": "tar.gz", "tgz": "tar.gz"}
 _SOURCES = ("outputs", "folder")
-_OPTIONS = ("archive_format", "source", "destination")
+_OPTIONS = ("archive_format", "source", "destination", "runs_dir")
 #: Zip timestamps cannot leave this range.
 _ZIP_EARLIEST = (1980, 1, 1, 0, 0, 0)
 _ZIP_LATEST = (2107, 12, 31, 23, 59, 58)
@@ -50,7 +51,16 @@ class _Member:
 
 
 class ArchivePostprocessor:
-    """Pack a run's outputs (or its whole folder) into one zip or tar.gz file."""
+    """Pack a run's outputs (or its whole folder) into one zip or tar.gz file.
+
+    Args:
+        runs_dir: the runs folder the run folders must lie in (a backend's
+            ``runs_dir``); a result naming a folder elsewhere is refused. The
+            ``runs_dir`` option of :meth:`process` overrides it for one call.
+    """
+
+    def __init__(self, runs_dir: str | os.PathLike[str] | None = None) -> None:
+        self.runs_dir = runs_dir
 
     def process(
         self,
@@ -59,6 +69,7 @@ class ArchivePostprocessor:
         archive_format: str = "zip",
         source: str = "outputs",
         destination: str | os.PathLike[str] | None = None,
+        runs_dir: str | os.PathLike[str] | None = None,
         **unknown: Any,
     ) -> dict[str, Any]:
         """Archive ``result``'s files and report what went in and what was left out.
@@ -74,6 +85,8 @@ class ArchivePostprocessor:
                 taken from the run folder) or ``"folder"`` (every file in it).
             destination: where the archive goes; a relative path lies inside the run
                 folder. Default ``<run folder>/archive.zip`` (or ``archive.tar.gz``).
+            runs_dir: the runs folder the run folder must lie in (resolved, like
+                the run folder); default the one given to the constructor, if any.
 
         Returns:
             ``success`` and ``message``; when the options are usable also
@@ -83,6 +96,7 @@ class ArchivePostprocessor:
         try:
             fmt = _check_options(archive_format, source, unknown)
             run_dir = _run_folder(result)
+            _check_inside(run_dir, result, runs_dir if runs_dir is not None else self.runs_dir)
             target = _destination(run_dir, destination, fmt)
         except _Refused as exc:
             return {"success": False, "message": str(exc)}
@@ -164,6 +178,29 @@ def _run_folder(result: RunResult) -> Path:
     if run_dir is None or not run_dir.is_dir():
         raise _Refused(f"Run folder '{result.run_dir}' does not exist: there is nothing to archive")
     return run_dir
+
+
+def _check_inside(run_dir: Path, result: RunResult, runs_dir: object) -> None:
+    """Refuse ``run_dir`` (resolved) unless it lies inside ``runs_dir`` (resolved).
+
+    A result or handle file is input, not authority: without this a crafted one
+    could have any folder of the user's archived, and an archive written into it.
+    """
+    if runs_dir is None:
+        return
+    if not isinstance(runs_dir, str | os.PathLike):
+        raise _Refused(f"runs_dir must be a path, not {type(runs_dir).__name__}")
+    try:
+        runs = Path(runs_dir).expanduser().resolve(strict=True)
+    except (OSError, RuntimeError):
+        runs = None
+    if runs is None or not runs.is_dir():
+        raise _Refused(f"Runs folder '{runs_dir}' does not exist: there is nothing to archive")
+    if run_dir == runs or not run_dir.is_relative_to(runs):
+        raise _Refused(
+            f"Run folder '{result.run_dir}' is not inside the runs folder '{runs}': tether "
+            "archives only run folders in its runs folder; check the result or handle file"
+        )
 
 
 def _destination(run_dir: Path, destination: object, fmt: str) -> Path:
