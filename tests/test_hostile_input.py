@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 import tether
 import tether.records
+from tether import RunState
 from tether._files import MAX_FILE_SIZE, make_private_dir
 from tether.backends.dummy import DummyConfig
 from tether.errors import TetherError
@@ -268,6 +269,26 @@ async def test_archive_refuses_the_folder_a_crafted_handle_names(tmp_path: Path)
     _untouched(elsewhere)
     # The real run, inside the runs folder, is archived as before.
     assert archiver.process(result, source="folder")["success"] is True
+
+
+@pytest.mark.asyncio
+async def test_crafted_dummy_record_writes_nothing_into_the_folder_it_names(
+    tmp_path: Path,
+) -> None:
+    """A dummy handle whose run folder is someone else's is LOST; the folder is untouched."""
+    elsewhere = _elsewhere(tmp_path)
+    config = DummyConfig(runs_dir=tmp_path / "runs", outputs={"result.txt": "42\n"})
+    handle = await config.create().submit(tether.Job(name="j", command=["true"]))
+    saved = await handle.save(tmp_path / "h.json")
+    record = json.loads(saved.read_text())
+    record["data"]["run_dir"] = str(elsewhere)
+    saved.write_text(json.dumps(record))
+    crafted = await tether.load_handle(saved)
+    result = await crafted.wait()
+    assert result.state is RunState.LOST and "not touching it" in (result.error or "")
+    await crafted.cancel()
+    _untouched(elsewhere)
+    assert (await handle.wait()).state is RunState.SUCCEEDED  # the real run is unaffected
 
 
 def test_archive_refuses_a_missing_runs_folder(tmp_path: Path) -> None:

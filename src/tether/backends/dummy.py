@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
+import stat
 import time
 from collections.abc import AsyncGenerator
 from pathlib import Path
@@ -192,6 +194,30 @@ class DummyRunHandle(RunHandle):
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
+    def _not_ours(self) -> str | None:
+        """Why the run folder is not this run's own, or None if it is.
+
+        A record can come from anywhere: files are written into its run folder only
+        when the folder is a real folder of this user whose ``handle.json`` names
+        this run.
+        """
+        try:
+            st = os.stat(self._dir, follow_symlinks=False)
+            data = json.loads((self._dir / "handle.json").read_bytes()[: 1 << 20])
+        except (OSError, ValueError):
+            data, st = None, None
+        if (
+            st is not None
+            and stat.S_ISDIR(st.st_mode)
+            and st.st_uid == os.geteuid()
+            and isinstance(data, dict)
+            and data.get("run_id") == self.run_id
+        ):
+            return None
+        return (
+            f"run folder '{self._dir}' is not this run's (no record of it there); not touching it"
+        )
+
     def _state_at(self, now: float) -> RunState:
         if not self._dir.is_dir():
             return RunState.LOST
@@ -266,6 +292,9 @@ class DummyRunHandle(RunHandle):
     async def refresh(self) -> RunState:
         """Compute the state from the clock and the cancel marker."""
         if self._result is not None:
+            return self._state
+        if self._dir.is_dir() and (why := self._not_ours()) is not None:
+            self._finish(self._lost(why))
             return self._state
         state = self._state_at(time.time())
         if state.is_terminal:
