@@ -189,3 +189,16 @@ class CustomError(Exception):
 
 def raise_custom(message: str) -> None:
     raise CustomError(message)
+
+
+def stubborn_sleep(pidfile: str, seconds: float) -> str:
+    """Ignore SIGTERM, record this process's pid, then sleep (a call only KILL stops)."""
+    import os
+    import signal
+    import time
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with open(pidfile, "w") as handle:
+        handle.write(str(os.getpid()))
+    time.sleep(seconds)
+    return "finished"

@@ -590,3 +590,34 @@ async def test_no_leaked_file_descriptors(mode: str) -> None:
         for _ in range(20):
             group.start_soon(slow.wait)
     assert open_fds() <= before + 1, os.listdir("/proc/self/fd")
+
+
+@pytest.mark.parametrize("how", ["task_cancel", "wait_for"])
+async def test_cancel_finishes_when_its_caller_is_cancelled(
+    tmp_path: Path, how: str, anyio_backend: str
+) -> None:
+    """asyncio's own cancels of the task awaiting cancel() (task.cancel, wait_for) do not
+    cut it short: the TERM-ignoring worker is killed and the run is CANCELLED."""
+    if anyio_backend != "asyncio":
+        pytest.skip("asyncio's own cancellation; trio's cancel scopes are shielded already")
+    import asyncio
+
+    backend = inline("processes", n_jobs=1, cancel_grace=fresh_grace(0.3))
+    pidfile = tmp_path / "pid"
+    handle = await backend.submit(Call(cs.stubborn_sleep, str(pidfile), 60))
+    with anyio.fail_after(60):
+        while not pidfile.exists() or not pidfile.read_text():  # noqa: ASYNC110
+            await anyio.sleep(0.02)  # a file the worker writes
+    pid = int(pidfile.read_text())
+    if how == "wait_for":
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(handle.cancel(), 0.0001)
+    else:
+        task = asyncio.ensure_future(handle.cancel())
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert handle.state is RunState.CANCELLED
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

@@ -25,6 +25,7 @@ import anyio
 from pydantic import ConfigDict, Field, model_validator
 
 from .._runs import new_run_id
+from .._shield import shielded_method
 from ..backend import Backend
 from ..call import Call
 from ..config import BackendConfig
@@ -267,13 +268,15 @@ class InlineRunHandle(RunHandle):
         assert self._result is not None
         return self._result
 
+    @shielded_method
     async def cancel(self) -> None:
         """Stop the call: a queued one at once; a running one as the mode allows.
 
         Processes: the worker gets TERM, then KILL after ``cancel_grace``. Threads:
         the call gets an exception at its next Python bytecode; if it has not stopped
         after the grace (it is blocked in C code), the run is recorded CANCELLED and
-        the thread finishes the call unseen.
+        the thread finishes the call unseen. Runs to its end whatever cancels the
+        caller (asyncio's own cancels included).
         """
         with anyio.CancelScope(shield=True):
             run = self._run
