@@ -332,3 +332,21 @@ async def test_state_home_and_runs_folder_are_owner_only(tether_home: Path) -> N
         os.umask(old)
     assert _mode(tether_home) == _mode(tether_home / "runs") == 0o700
     assert handle.run_dir is not None and _mode(handle.run_dir) == 0o700
+
+
+def test_supervisor_binary_folder_is_owner_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folder holding the supervisor binary (what runs every job) is owner-only, so
+    nobody else can swap the binary."""
+    from tether._supervisor import native_supervisor
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    old = os.umask(0o022)
+    try:
+        (binary,) = native_supervisor()
+    finally:
+        os.umask(old)
+    assert Path(binary).is_file()
+    assert _mode(tmp_path / "cache") == _mode(tmp_path / "cache" / "tether") == 0o700
+    assert _mode(Path(binary).parent) == 0o700

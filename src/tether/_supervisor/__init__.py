@@ -21,7 +21,7 @@ import threading
 from importlib import resources
 from pathlib import Path
 
-from .._files import cache_home
+from .._files import cache_home, make_private_dir
 from ..errors import BackendUnavailableError
 
 _lock = threading.Lock()
@@ -56,7 +56,7 @@ def native_supervisor() -> list[str]:
             "No C compiler found to build tether's run supervisor: install one (cc/gcc) "
             "or set TETHER_SUPERVISOR=python."
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(target.parent)  # what runs every job: nobody else may write here
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         src = Path(tmp) / "supervise.c"
         src.write_bytes(source)
