@@ -154,6 +154,19 @@ async def test_volumes_read_only_and_read_write(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
+async def test_selinux_label_options_reach_the_engine(tmp_path: Path) -> None:
+    """``:ro,Z`` and ``:z`` (rompy's mounts) are accepted by the real engine as well."""
+    ro, rw = tmp_path / "ro", tmp_path / "rw"
+    ro.mkdir()
+    rw.mkdir()
+    (ro / "data.txt").write_text("input\n")
+    cfg = config(tmp_path, volumes=[f"{ro}:/data:ro,Z", f"{rw}:/out:z"])
+    result = await (await run(cfg, "cat /data/data.txt > /out/copy.txt")).wait()
+    assert result.state is RunState.SUCCEEDED, result.error
+    assert (rw / "copy.txt").read_text() == "input\n"
+
+
+@pytest.mark.asyncio
 async def test_job_workdir_is_mounted_at_the_same_path(tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()

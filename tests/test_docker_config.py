@@ -128,9 +128,42 @@ def test_volume_with_missing_host_path_names_it(tmp_path: Path) -> None:
         DockerConfig(image="x", volumes=[f"{missing}:/data"])
 
 
-def test_volume_mode_must_be_ro_or_rw(tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="mode 'rx' must be 'ro' or 'rw'"):
+def test_volume_options_must_be_mount_options(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match=r"option 'rx' is not a mount option \(valid: ro, rw"):
         DockerConfig(image="x", volumes=[f"{tmp_path}:/data:rx"])
+
+
+@pytest.mark.parametrize(
+    ("options", "normalised"),
+    [
+        ("Z", "rw,Z"),
+        ("z", "rw,z"),
+        ("ro,Z", "ro,Z"),
+        ("rshared", "rw,rshared"),
+        ("ro,rslave,z", "ro,rslave,z"),
+        ("rw,nocopy", "rw,nocopy"),
+        ("cached", "rw,cached"),
+    ],
+)
+def test_volume_options_the_engine_accepts_are_accepted(
+    tmp_path: Path, options: str, normalised: str
+) -> None:
+    """rompy's tests mount with SELinux labels and propagation options, as ``docker -v``."""
+    config = DockerConfig(image="x", volumes=[f"{tmp_path}:/data:{options}"])
+    assert config.volumes == [f"{tmp_path}:/data:{normalised}"]
+
+
+@pytest.mark.parametrize("options", ["ro,rw", "z,Z", "shared,private", "ro,"])
+def test_contradicting_or_empty_volume_options_are_refused(tmp_path: Path, options: str) -> None:
+    with pytest.raises(ValidationError, match=r"contradict each other|is not a mount option"):
+        DockerConfig(image="x", volumes=[f"{tmp_path}:/data:{options}"])
+
+
+def test_image_and_dockerfile_together_is_the_error_whatever_files_exist(tmp_path: Path) -> None:
+    """rompy's message, even when the dockerfile or its context does not exist."""
+    for extra in ({}, {"build_context": str(tmp_path / "missing")}):
+        with pytest.raises(ValidationError, match="Cannot specify both 'image' and 'dockerfile'"):
+            DockerConfig(image="x", dockerfile="Nope.dockerfile", **extra)
 
 
 def test_volume_container_path_must_be_absolute(tmp_path: Path) -> None:

@@ -336,6 +336,14 @@ class DockerConfig(BackendConfig):
                 )
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _not_both(cls, data: Any) -> Any:
+        # Before the fields: a missing Dockerfile must not hide this error.
+        if isinstance(data, dict) and data.get("image") and data.get("dockerfile"):
+            raise ValueError("Cannot specify both 'image' and 'dockerfile': give one of them")
+        return data
+
     @model_validator(mode="after")
     def _image_or_dockerfile(self) -> DockerConfig:
         if self.image is None and self.dockerfile is None:
@@ -384,17 +392,49 @@ def _exposes_host(host: str) -> bool:
     return False
 
 
+#: Bind-mount options the engine accepts, by group: at most one of each group.
+_MOUNT_OPTIONS = (
+    ("ro", "rw"),
+    ("z", "Z"),  # SELinux relabelling: shared, private
+    ("shared", "rshared", "slave", "rslave", "private", "rprivate"),  # propagation
+    ("consistent", "cached", "delegated"),  # accepted, a no-op on Linux
+    ("nocopy",),
+)
+_VALID_OPTIONS = ", ".join(option for group in _MOUNT_OPTIONS for option in group)
+
+
+def _mount_options(spec: str, text: str) -> str:
+    """Check a mount's comma-separated options as the engine would; default ``rw``."""
+    options = text.split(",") if text else []
+    seen: dict[int, str] = {}
+    for option in options:
+        group = next((i for i, names in enumerate(_MOUNT_OPTIONS) if option in names), None)
+        if group is None:
+            raise ValueError(
+                f"Volume {quote(spec)}: option {quote(option)} is not a mount option "
+                f"(valid: {_VALID_OPTIONS})"
+            )
+        if group in seen:
+            raise ValueError(
+                f"Volume {quote(spec)}: options {quote(seen[group])} and {quote(option)} "
+                "contradict each other: keep one"
+            )
+        seen[group] = option
+    if 0 not in seen:
+        options.insert(0, "rw")
+    return ",".join(options)
+
+
 def _volume(spec: str, *, check_host: bool) -> str:
-    """Check and normalise one 'host:container[:ro|rw]' mount."""
+    """Check and normalise one 'host:container[:options]' mount (options as in
+    ``docker run -v``: ro|rw, z|Z, propagation, consistency, nocopy)."""
     if ":" not in spec:
         raise ValueError(
             f"Volume mount must contain ':' (host:container[:ro|rw]), got {quote(spec)}"
         )
     host, _, rest = spec.partition(":")
     container, _, mode = rest.partition(":")
-    mode = mode or "rw"
-    if mode not in ("ro", "rw"):
-        raise ValueError(f"Volume {quote(spec)}: mode {quote(mode)} must be 'ro' or 'rw'")
+    mode = _mount_options(spec, mode)
     if not host or not container.startswith("/"):
         raise ValueError(
             f"Volume {quote(spec)}: give a host path and an absolute container path "
