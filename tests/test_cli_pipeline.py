@@ -185,6 +185,19 @@ def test_default_state_file_sits_next_to_the_pipeline_file(cli: CLI) -> None:
     assert (cli.tmp / "p.state.jsonl").stat().st_mode & 0o777 == 0o600
 
 
+def test_default_state_file_of_a_pipeline_in_a_folder_sits_next_to_it(cli: CLI) -> None:
+    """``tether pipeline run sub/p.yml`` writes sub/p.state.jsonl (not sub/sub/…), so
+    the documented ``tether pipeline status sub/p.state.jsonl`` works."""
+    pipeline = _counting_pipeline(cli)
+    (cli.tmp / "sub").mkdir()
+    pipeline.rename(cli.tmp / "sub" / "p.yml")
+    assert cli("pipeline", "run", "sub/p.yml").returncode == 0
+    assert (cli.tmp / "sub" / "p.state.jsonl").is_file()
+    assert not (cli.tmp / "sub" / "sub").exists()
+    status = cli("pipeline", "status", "sub/p.state.jsonl")
+    assert status.returncode == 0, status.stderr
+
+
 def test_sigkilled_pipeline_resumes_and_runs_each_step_once(cli: CLI) -> None:
     pipeline = _counting_pipeline(cli, slow=2.0)
     state = cli.tmp / "state.jsonl"

@@ -110,7 +110,8 @@ def load_pipeline(path: str | Path) -> PipelineFile:
         pipeline = Pipeline(built, name=spec.name or path.stem, backend=default)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    state = spec.state or path.with_name(f"{path.stem}.state.jsonl")
+    # A 'state' in the file is relative to the file's folder; the default sits beside it.
+    state = spec.state if spec.state is not None else Path(f"{path.stem}.state.jsonl")
     return PipelineFile(
         pipeline=pipeline,
         state=state if state.is_absolute() else base / state,
