@@ -11,6 +11,7 @@ The tree::
     ├── BackendUnavailableError (RuntimeError)  a backend cannot be used on this machine
     ├── BackendError (RuntimeError)       a backend's service refused a request (Docker engine…)
     ├── RunFailedError (RuntimeError)     ``result()`` of a run that did not succeed
+    │   └── RunTimedOutError (TimeoutError)  … because it ran past its timeout
     ├── CallError (RuntimeError)          a Call's exception that cannot be rebuilt here
     ├── MapError (RuntimeError)           some calls of a keep-going map or ensemble failed
     ├── WaitTimeout (TimeoutError)        ``wait(timeout=…)`` ran out; the run goes on
@@ -67,6 +68,11 @@ class RunFailedError(TetherError, RuntimeError):
         self.result = result
         detail = f": {result.error}" if result.error else ""
         super().__init__(f"Run {result.run_id} ended {result.state.value}{detail}")
+
+
+class RunTimedOutError(RunFailedError, TimeoutError):
+    """Raised by ``RunHandle.result()`` when the run ended TIMED_OUT (``except TimeoutError``
+    catches it, as rompy's users write)."""
 
 
 class CallError(TetherError, RuntimeError):

@@ -10,7 +10,13 @@ from typing import Any, ClassVar, Literal, TypeVar
 import anyio
 
 from .config import BackendConfig
-from .errors import InvalidTransitionError, RecordError, RunFailedError, WaitTimeout
+from .errors import (
+    InvalidTransitionError,
+    RecordError,
+    RunFailedError,
+    RunTimedOutError,
+    WaitTimeout,
+)
 from .job import Job
 from .records import write_record
 from .result import RunResult, RunState, utc_time
@@ -193,12 +199,15 @@ class RunHandle(ABC):
 
         A ``Call`` whose function raised re-raises that exception (its type kept,
         chained to the traceback from where it ran); every other failure raises
-        :class:`RunFailedError`.
+        :class:`RunFailedError` (:class:`RunTimedOutError`, also a ``TimeoutError``,
+        for a run that timed out).
         """
         result = await self.wait()
         if not result.ok:
             if result.exception is not None:
                 raise result.exception
+            if result.state is RunState.TIMED_OUT:
+                raise RunTimedOutError(result)
             raise RunFailedError(result)
         return result
 

@@ -234,6 +234,11 @@ async def test_timeout_ends_in_timed_out(harness: Harness) -> None:
     assert time.monotonic() - began < 10
     assert "timed out" in (result.error or "")
     harness.assert_nothing_running(handle)
+    # rompy's users catch a timed-out run's result() as a built-in TimeoutError.
+    with pytest.raises(TimeoutError, match="ended TIMED_OUT") as caught:
+        await handle.result()
+    assert isinstance(caught.value, tether.RunFailedError)
+    assert caught.value.result.state is RunState.TIMED_OUT
 
 
 async def test_timeout_enforced_without_any_attached_process(
