@@ -1066,7 +1066,7 @@ async def test_pipeline_function_failed_postprocessing() -> None:
 async def test_pipeline_function_run_kwargs_need_a_type_name() -> None:
     with pytest.raises(ConfigError) as info:
         await tether.pipeline(JOB, run_backend=DummyConfig(), run_kwargs={"duration": 1})
-    assert message(info) == "run_kwargs needs run_backend to be a backend type name"
+    assert message(info) == "pipeline(): run_kwargs needs run_backend to be a backend type name"
     with pytest.raises(ConfigError) as info:
         await tether.pipeline(JOB, run_kwargs={"duration": 1})
     with pytest.raises(ConfigError, match="run_kwargs for backend 'dummy'"):
@@ -1134,9 +1134,11 @@ async def test_subscribing_during_a_run_sees_the_rest_of_it() -> None:
 async def test_a_backend_may_be_a_type_name_but_nothing_else(tmp_path: Path) -> None:
     step = Step("a", JOB, backend="dummy")
     assert isinstance(step.backend, DummyConfig)
-    with pytest.raises(ConfigError, match="step 'b': backend: Unknown backend type 'nope'"):
+    with pytest.raises(ConfigError, match="step 'b': backend 'nope': Unknown backend type 'nope'"):
         Step("b", JOB, backend="nope")
-    with pytest.raises(ConfigError, match="backend must be a Backend, a backend config"):
+    with pytest.raises(
+        tether.ArgumentTypeError, match="backend must be a Backend, a backend config"
+    ):
         Step("c", JOB, backend=42)  # type: ignore[arg-type]
 
 

@@ -28,6 +28,7 @@ from .config import BackendConfig
 from .discovery import BackendInfo, Recommendation, list_backends, recommended_backend
 from .ensemble import Ensemble, map_calls
 from .errors import (
+    ArgumentTypeError,
     BackendError,
     BackendUnavailableError,
     CallError,
@@ -60,6 +61,7 @@ from .result import RunResult, RunState
 
 __all__ = [
     "ArchivePostprocessor",
+    "ArgumentTypeError",
     "Availability",
     "Backend",
     "BackendConfig",

@@ -4,6 +4,7 @@ The tree::
 
     TetherError
     ├── ConfigError (ValueError)          bad backend config, job file or option
+    ├── ArgumentTypeError (TypeError)     an argument of the wrong type (names what is accepted)
     │   └── UnknownBackendError (KeyError) no backend registered under a name
     ├── RecordError (ValueError)          a saved handle record cannot be read
     │   └── RecordVersionError            a record written by a newer/unknown schema
@@ -32,6 +33,11 @@ class TetherError(Exception):
 
 class ConfigError(TetherError, ValueError):
     """Raised when a backend config, job file or option is invalid."""
+
+
+class ArgumentTypeError(TetherError, TypeError):
+    """Raised when a function gets an argument of a type it does not take; the message
+    names the argument, what was given and what is accepted."""
 
 
 class UnknownBackendError(ConfigError, KeyError):

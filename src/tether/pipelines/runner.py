@@ -25,11 +25,12 @@ import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from .._arguments import backend_argument, check_job
 from .._runs import new_run_id
 from ..backend import Backend
 from ..call import Call
 from ..config import BackendConfig
-from ..errors import ConfigError, TetherError
+from ..errors import ConfigError, TetherError, UnknownBackendError
 from ..handle import RunHandle
 from ..job import Job
 from ..postprocess.base import (
@@ -78,11 +79,11 @@ class Pipeline:
         steps: Iterable[Step],
         *,
         name: str = "pipeline",
-        backend: Backend[Any] | BackendConfig | None = None,
+        backend: Backend[Any] | BackendConfig | str | None = None,
         state: str | Path | None = None,
     ) -> None:
         self.name = name
-        self.backend = backend
+        self.backend = backend_argument(backend, f"pipeline {name!r}")
         self.state = None if state is None else Path(state)
         self._steps: dict[str, Step] = {}
         for step in steps:
@@ -821,20 +822,24 @@ async def pipeline(
     ``result["success"]``, ``result["run_success"]`` and
     ``result["postprocess_results"]`` answer as rompy's do.
     """
+    check_job(job, "pipeline()")
     backend: Backend[Any] | BackendConfig | None
     if isinstance(run_backend, str):
         from ..registry import config_class
 
         try:
-            backend = config_class(run_backend).model_validate(
-                {**dict(run_kwargs or {}), "type": run_backend}
-            )
+            kind = config_class(run_backend)
+        except UnknownBackendError as exc:
+            raise UnknownBackendError(f"pipeline(): run_backend {run_backend!r}: {exc}") from None
+        try:
+            backend = kind.model_validate({**dict(run_kwargs or {}), "type": run_backend})
         except ValueError as exc:
-            raise ConfigError(f"run_kwargs for backend {run_backend!r}: {exc}") from None
+            what = "run_kwargs" if run_kwargs else "its default config"
+            raise ConfigError(f"pipeline(): {what} for backend {run_backend!r}: {exc}") from None
     else:
         if run_kwargs:
-            raise ConfigError("run_kwargs needs run_backend to be a backend type name")
-        backend = run_backend
+            raise ConfigError("pipeline(): run_kwargs needs run_backend to be a backend type name")
+        backend = backend_argument(run_backend, "pipeline()", name="run_backend")
     name = _UNSAFE.sub("-", job.name).strip("-.")[:64] or "run"
     step = Step(name, job, backend=backend, processor=processor, process_kwargs=process_kwargs)
     return await Pipeline([step], name=name, state=state).run()

@@ -19,11 +19,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .._arguments import backend_argument
 from .._loading import quote
 from ..backend import Backend
 from ..call import Call
 from ..config import BackendConfig
-from ..errors import ConfigError, UnknownBackendError
+from ..errors import ConfigError
 from ..job import Job
 from ..postprocess.base import Postprocessor, processor_name
 
@@ -334,19 +335,7 @@ def _canonical(obj: Any) -> Any:
 
 def _backend(backend: Any, step: str) -> Backend[Any] | BackendConfig | None:
     """A backend, a config, or a config made from a backend type name."""
-    if backend is None or isinstance(backend, Backend | BackendConfig):
-        return backend
-    if isinstance(backend, str):
-        from ..registry import config_class
-
-        try:
-            return config_class(backend).model_validate({"type": backend})
-        except (UnknownBackendError, ValueError) as exc:
-            raise ConfigError(f"step {step!r}: backend: {exc}") from None
-    raise ConfigError(
-        f"step {step!r}: backend must be a Backend, a backend config or a type name, "
-        f"not {type(backend).__name__}"
-    )
+    return backend_argument(backend, f"step {step!r}")
 
 
 def _function_identity(fn: Callable[..., Any]) -> str:
