@@ -202,3 +202,16 @@ def stubborn_sleep(pidfile: str, seconds: float) -> str:
         handle.write(str(os.getpid()))
     time.sleep(seconds)
     return "finished"
+
+
+class Adder:
+    """A callable object: ``Adder(10)(5) == 15``."""
+
+    def __init__(self, base: int) -> None:
+        self.base = base
+
+    def __call__(self, x: int) -> int:
+        return self.base + x
+
+    def times(self, x: int) -> int:
+        return self.base * x

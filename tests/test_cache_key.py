@@ -283,6 +283,17 @@ print(json.dumps({"keys": keys}))
 
 NAMES = st.from_regex(r"[A-Z][A-Z0-9_]{0,5}", fullmatch=True)
 TEXTS = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=10)
+
+
+def _valid_glob(glob: str) -> bool:
+    """Globs a Job accepts (relative, inside the run folder): the rest are refused up front."""
+    try:
+        Job(name="a", outputs=[glob])
+    except ValueError:
+        return False
+    return True
+
+
 SPECS = st.fixed_dictionaries(
     {
         "job": st.fixed_dictionaries(
@@ -292,7 +303,7 @@ SPECS = st.fixed_dictionaries(
                     st.none(), TEXTS.filter(str.strip), st.lists(TEXTS, min_size=1, max_size=3)
                 ),
                 "workdir": st.none() | st.sampled_from(["/tmp/a", "/srv/data"]),
-                "outputs": st.lists(TEXTS.filter(bool), max_size=3),
+                "outputs": st.lists(TEXTS.filter(bool).filter(_valid_glob), max_size=3),
                 "resources": st.fixed_dictionaries(
                     {
                         "cpus": st.none() | st.integers(1, 64),

@@ -3,6 +3,7 @@ through the cache."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
@@ -74,6 +75,53 @@ def test_call_of_an_importable_function_is_by_name() -> None:
     assert call.args == (3,) and call.kwargs == {}
     assert call.function is square
     assert call.has_arguments and call.command is None and call.seed is None
+
+
+@pytest.mark.parametrize(
+    ("make", "target", "name"),
+    [
+        (lambda: functools.partial(add, 1, c=10), "tests.calls_support:add", "add"),
+        (lambda: calls_support.Adder(10), "tests.calls_support:Adder", "Adder"),
+        (lambda: calls_support.Adder(10).times, "tests.calls_support:Adder.times", "times"),
+    ],
+)
+def test_partials_callable_objects_and_bound_methods_go_by_value(
+    make: Any, target: str, name: str
+) -> None:
+    """submitit takes any callable; so does Call (docs/calls.md says "any callable")."""
+    call = Call(make(), 5)
+    assert (call.target, call.by_value, call.name) == (target, True, name)
+
+
+@pytest.mark.parametrize(
+    ("make", "value"),
+    [
+        (lambda: functools.partial(add, 1, c=10), 16),
+        (lambda: calls_support.Adder(10), 15),
+        (lambda: calls_support.Adder(10).times, 50),
+    ],
+)
+async def test_partials_and_callable_objects_run_in_another_process(
+    tmp_path: Path, make: Any, value: int
+) -> None:
+    _, result = await run_local(tmp_path, Call(make(), 5))
+    assert result.ok, result.error
+    assert result.value == value
+
+
+def test_partial_identity_is_stable_and_depends_on_its_bound_arguments() -> None:
+    one = Call(functools.partial(add, 1), 5)
+    assert one.payload_digest() == Call(functools.partial(add, 1), 5).payload_digest()
+    assert one.payload_digest() != Call(functools.partial(add, 2), 5).payload_digest()
+
+
+def test_an_unpicklable_callable_is_refused_with_the_reason() -> None:
+    import threading
+
+    lock = threading.Lock()
+    call = Call(functools.partial(add, lock), 1)
+    with pytest.raises(ConfigError, match="cannot be pickled"):
+        call.payload()
 
 
 def test_call_of_a_target_string_imports_it_lazily() -> None:

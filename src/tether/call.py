@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import os
 import pickle
 import re
@@ -71,14 +72,22 @@ def _target_of(fn: Callable[..., Any]) -> tuple[str, bool]:
 
 
 def _find_target(fn: Callable[..., Any]) -> tuple[str, bool]:
-    module = getattr(fn, "__module__", None)
-    qualname = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    # A partial or a callable object is named after what it calls, and always
+    # travels by value (pickled whole, with its bound arguments or state).
+    inner: Any = fn.func if isinstance(fn, functools.partial) else fn
+    by_value = inner is not fn
+    plain = inspect.isfunction(inner) or inspect.isbuiltin(inner) or inspect.ismethod(inner)
+    if not plain and not isinstance(inner, type):
+        inner, by_value = type(inner), True
+    module = getattr(inner, "__module__", None)
+    qualname = getattr(inner, "__qualname__", None) or getattr(inner, "__name__", None)
     if not module or not qualname:
         raise ConfigError(
-            f"Call target {fn!r} has no module or name: pass a function or a 'pkg.mod:func' string."
+            f"Call target {fn!r} has no module or name: pass a function, a partial, a "
+            "callable object or a 'pkg.mod:func' string."
         )
     target = f"{module}:{qualname}"
-    local = module == "__main__" or "<" in qualname  # <lambda>, <locals>
+    local = by_value or module == "__main__" or "<" in qualname  # <lambda>, <locals>
     if not local:
         try:
             local = worker.resolve(target) is not fn
@@ -102,14 +111,38 @@ def _cloudpickle() -> Any:
     return cloudpickle
 
 
+def _pickled_function(fn: Callable[..., Any], target: str) -> bytes:
+    """``fn`` pickled by value: cloudpickle (functions of a script or notebook, lambdas),
+    else plain pickle for a partial or callable object whose parts import by name."""
+    try:
+        return bytes(_cloudpickle().dumps(fn, protocol=worker.PROTOCOL))
+    except ConfigError:
+        if inspect.isfunction(fn):
+            raise
+    except Exception as exc:
+        raise ConfigError(
+            f"Call target {target!r} cannot be pickled ({type(exc).__name__}: {exc}): pass "
+            "a function defined in a module, or a picklable callable."
+        ) from exc
+    try:
+        return pickle.dumps(fn, protocol=worker.PROTOCOL)
+    except Exception as exc:
+        raise ConfigError(
+            f"Call target {target!r} cannot be pickled ({exc}): pass picklable callables, or "
+            "pip install 'tether[cloudpickle]'."
+        ) from exc
+
+
 class Call(Job):
     """A job that calls a Python function: ``Call(fn, *args, **kwargs)``.
 
-    ``fn`` is a function or a ``"pkg.mod:func"`` string (imported where the call
-    runs, not here). Every positional and keyword argument goes to ``fn``; job
-    settings (name, env, resources…) are set with :meth:`options`. The run's
-    ``RunResult.value`` is the return value; an exception ends the run FAILED and
-    ``await handle.result()`` re-raises it, chained to the remote traceback.
+    ``fn`` is a function, any picklable callable (a ``functools.partial``, an object
+    with ``__call__``, a bound method: pickled whole) or a ``"pkg.mod:func"`` string
+    (imported where the call runs, not here). Every positional and keyword argument
+    goes to ``fn``; job settings (name, env, resources…) are set with
+    :meth:`options`. The run's ``RunResult.value`` is the return value; an
+    exception ends the run FAILED and ``await handle.result()`` re-raises it,
+    chained to the remote traceback.
     """
 
     target: str
@@ -129,7 +162,7 @@ class Call(Job):
             target, by_value, name = fn, False, fn.rpartition(":")[2].rpartition(".")[2]
         elif callable(fn):
             target, by_value = _target_of(fn)
-            name = getattr(fn, "__name__", "call")
+            name = target.rpartition(":")[2].rpartition(".")[2]
         else:
             raise ConfigError(
                 f"Call needs a function or a 'pkg.mod:func' string, not {type(fn).__name__}."
@@ -232,7 +265,7 @@ class Call(Job):
                 "kwargs": dict(sorted(live.kwargs.items())),
             }
             if self.by_value:
-                data["fn"] = _cloudpickle().dumps(self.function, protocol=worker.PROTOCOL)
+                data["fn"] = _pickled_function(self.function, self.target)
             try:
                 live.call_bytes = pickle.dumps(data, protocol=worker.PROTOCOL)
             except (pickle.PicklingError, TypeError, AttributeError) as exc:

@@ -339,7 +339,13 @@ def _backend(backend: Any, step: str) -> Backend[Any] | BackendConfig | None:
 
 
 def _function_identity(fn: Callable[..., Any]) -> str:
-    """A function defined in a script or notebook: its source text, else its bytecode."""
+    """A function defined in a script or notebook: its source text, else its bytecode;
+    a partial or callable object: its pickle (stable when its parts import by name)."""
+    if not inspect.isfunction(fn):
+        try:
+            return hashlib.sha256(pickle.dumps(fn, protocol=4)).hexdigest()
+        except Exception:
+            pass
     try:
         source = inspect.getsource(fn)
     except (OSError, TypeError):
