@@ -257,7 +257,7 @@ class Call(Job):
         """The pickled (function, arguments): the call's identity and its payload's core."""
         live = self._require_live()
         if live.call_bytes is None:
-            data = {
+            data: dict[str, Any] = {
                 "target": self.target,
                 "fn": None,
                 "args": live.args,
