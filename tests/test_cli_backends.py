@@ -104,6 +104,26 @@ def test_validate_type_from_option_or_mismatch(cli: CLI) -> None:
     assert "'dummy' config, not 'local'" in line
 
 
+def test_validate_postprocessor_configs_with_processor_type(cli: CLI) -> None:
+    """rompy's ``backends validate F --processor-type noop``: F holds a postprocessor's
+    options, checked against the options it takes."""
+    noop = cli.write("noop.yml", "type: noop\nvalidate_outputs: true\n")
+    proc = cli("backends", "validate", noop, "--processor-type", "noop")
+    assert proc.returncode == 0, proc.stderr
+    assert "valid noop postprocessor config" in proc.stdout
+    archive = cli.write("archive.yml", "archive_format: tar.gz\nsource: folder\n")
+    proc = cli("backends", "validate", archive, "--processor-type", "archive", "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["options"]["source"] == "folder"
+    bad = cli.write("bad.yml", "archive_format: zip\nbogus: 1\n")
+    (line,) = _errors(cli("backends", "validate", bad, "--processor-type", "archive"))
+    assert "takes no option 'bogus'; it takes: archive_format" in line
+    untyped = cli.write("untyped.yml", "x: 1\n")
+    (line,) = _errors(cli("backends", "validate", untyped, "--processor-type", "nope"))
+    assert "Unknown postprocessor 'nope'; known ones: archive, noop" in line
+    (line,) = _errors(cli("backends", "validate", noop, "--processor-type", "archive"))
+    assert "type 'noop' does not match --processor-type 'archive'" in line
+
+
 def test_validate_json_never_shows_resolved_secrets(cli: CLI) -> None:
     config = cli.write(
         "secret.yml", "type: local\nenv_vars:\n  TOKEN: ${API_TOKEN}\n  PLAIN: visible\n"

@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+from typing import Any
 
 from .._files import write_atomic
+from .._loading import read_mapping
 from .._template import config_template, dump_yaml
 from ..discovery import list_backends
 from ..errors import ConfigError
+from ..postprocess.base import check_options
 from ..registry import config_class, load_config
 from ._render import table, write_lines
 
@@ -52,8 +56,45 @@ async def create(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _processor_options(path: Path, processor: str) -> dict[str, Any]:
+    """A postprocessor config file (rompy's ``--processor-type``): its options, checked."""
+    data, _ = read_mapping(path, "Postprocessor config")
+    kind = data.pop("type", processor)
+    if kind != processor:
+        raise ConfigError(
+            f"{path}: type {kind!r} does not match --processor-type {processor!r}: fix one of them"
+        )
+    try:
+        check_options(processor, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return data
+
+
 async def validate(args: argparse.Namespace) -> int:
-    """Load the file as ``load_config`` would; report it valid or every problem."""
+    """Load the file as ``load_config`` would; report it valid or every problem.
+
+    With ``--processor-type`` the file holds a postprocessor's options instead.
+    """
+    if args.processor_type is not None:
+        if args.backend_type is not None:
+            raise ConfigError("give --backend-type or --processor-type, not both")
+        try:
+            options = _processor_options(args.file, args.processor_type)
+        except ConfigError as exc:
+            if not args.json:
+                raise
+            report = {"file": str(args.file), "valid": False, "errors": str(exc).splitlines()}
+            write_lines(sys.stdout, [json.dumps(report, indent=2)])
+            return EXIT_INVALID
+        if args.json:
+            report = {"file": str(args.file), "valid": True, "processor": args.processor_type}
+            write_lines(sys.stdout, [json.dumps({**report, "options": options}, indent=2)])
+        else:
+            write_lines(
+                sys.stdout, [f"{args.file}: valid {args.processor_type} postprocessor config"]
+            )
+        return EXIT_OK
     try:
         config = load_config(args.file, backend_type=args.backend_type)
     except ConfigError as exc:

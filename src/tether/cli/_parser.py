@@ -216,6 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="T",
         help="the type the file must have (used when the file has no 'type' field)",
     )
+    sub.add_argument(
+        "--processor-type",
+        metavar="P",
+        help="FILE holds the options of postprocessor P (rompy's verb), not a backend config",
+    )
     _json(sub, "the outcome (secret values left out)")
 
     sub = _add(verbs, "schema", "print a backend config's JSON schema", _backends.schema)

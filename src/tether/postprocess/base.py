@@ -143,3 +143,29 @@ async def run_postprocessor(
         report["message"] = "succeeded" if report["success"] else "failed"
     report.setdefault("processor", name)
     return report
+
+
+def check_options(processor: str, options: Mapping[str, Any]) -> Postprocessor:
+    """The postprocessor named ``processor`` once ``options`` are ones it takes.
+
+    A postprocessor whose ``process`` names its options (as ``archive`` does) refuses
+    any other; one that takes only ``**kwargs`` (as ``noop`` does) takes anything.
+
+    Raises:
+        ConfigError: for an unknown postprocessor or an option it does not take.
+    """
+    found = get_postprocessor(processor)
+    try:
+        parameters = list(inspect.signature(found.process).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return found
+    named = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if not named:
+        return found
+    unknown = sorted(set(options) - set(named))
+    if unknown:
+        raise ConfigError(
+            f"Postprocessor {quote(processor)} takes no option {quote(unknown[0])}; it takes: "
+            f"{', '.join(named)}."
+        )
+    return found
