@@ -87,6 +87,7 @@ def test_outputs_archived_at_the_default_destination(run: Path, archive_format: 
     target = run / f"archive{FORMATS[archive_format]}"
     assert report["success"] is True, report
     assert report["archive"] == str(target) and Path(report["archive"]).is_absolute()
+    assert report["archive_path"] == report["archive"]  # rompy's key
     assert report["files"] == ["out.txt", "sub/deep.csv"]
     assert report["skipped"] == []
     assert report["message"].startswith("Archived 2 files (")
@@ -343,6 +344,7 @@ def test_an_empty_folder_has_nothing_to_archive(run: Path) -> None:
         "success": True,
         "message": "Nothing to archive: the run folder holds no files",
         "archive": None,
+        "archive_path": None,
         "files": [],
         "skipped": [],
     }
@@ -458,6 +460,7 @@ def test_nothing_to_archive(run: Path, tmp_path: Path) -> None:
         "success": True,
         "message": "Nothing to archive: the run lists no outputs",
         "archive": None,
+        "archive_path": None,
         "files": [],
         "skipped": [],
     }

@@ -1044,6 +1044,28 @@ async def test_pipeline_function_answers_like_rompy() -> None:
     assert list(result["postprocess_results"]) == ["model-run"]
     [entry] = result["postprocess_results"]["model-run"]
     assert entry["success"] is True and entry["message"] == "No postprocessing requested"
+    assert result["stage"] == "postprocess"
+    assert result["stages_completed"] == ["generate", "run", "postprocess"]
+    assert result["message"] == "Pipeline 'model-run' completed successfully"
+
+
+async def test_pipeline_function_names_the_stage_that_failed_like_rompy() -> None:
+    result = await tether.pipeline(Job(name="m", command="exit 3"), run_backend=LocalConfig())
+    assert not result["success"]
+    assert (result["stage"], result["stages_completed"]) == ("run", ["generate"])
+    assert result["message"].startswith("Pipeline 'm': step 'm' failed at its run stage: ")
+    assert "exit code 3" in result["message"]
+    failed = await tether.pipeline(JOB, run_backend=QUICK, processor=ps.Verdict(success=False))
+    assert failed["stage"] == "postprocess"
+    assert failed["stages_completed"] == ["generate", "run"]
+
+
+async def test_stages_of_a_pipeline_of_several_steps_name_their_step() -> None:
+    first, second = Step("a", JOB, backend=QUICK), Step("b", JOB, backend=QUICK, depends_on="a")
+    result = await Pipeline([first, second]).run()
+    assert result["stages_completed"][:2] == ["a:generate", "a:run"]
+    assert result["stage"] == result["stages_completed"][-1]
+    assert result["stage"].startswith("b:")
 
 
 async def test_pipeline_function_with_a_backend_type_name() -> None:

@@ -83,10 +83,11 @@ class StepReport(BaseModel):
 
 
 class PipelineResult(BaseModel):
-    """The outcome of ``Pipeline.run``: rompy's three keys, and every step in full.
+    """The outcome of ``Pipeline.run``: rompy's keys, and every step in full.
 
-    ``result["success"]``, ``result["run_success"]`` and
-    ``result["postprocess_results"]`` work as with rompy's pipeline dict.
+    ``result["success"]``, ``result["run_success"]``, ``result["postprocess_results"]``,
+    ``result["stage"]``, ``result["stages_completed"]`` and ``result["message"]`` work
+    as with rompy's pipeline dict.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -106,9 +107,54 @@ class PipelineResult(BaseModel):
     _fanned_out: set[str] = PrivateAttr(default_factory=set)
 
     def __getitem__(self, key: str) -> Any:
-        if key in ("success", "run_success", "postprocess_results", "steps"):
+        if key in _KEYS:
             return getattr(self, key)
         raise KeyError(key)
+
+    def _stage_name(self, step: str, stage: str) -> str:
+        return stage if len(self.steps) == 1 else f"{step}:{stage}"
+
+    @property
+    def stages_completed(self) -> list[str]:
+        """The stages that succeeded, in order (rompy's ``generate``, ``run``,
+        ``postprocess``; ``step:stage`` when the pipeline has several steps)."""
+        return [
+            self._stage_name(name, stage)
+            for name, step in self.steps.items()
+            for stage, report in step.stages.items()
+            if report.state == "SUCCEEDED"
+        ]
+
+    def _first_failure(self) -> tuple[str, str | None, str | None] | None:
+        """The first step that did not succeed: its name, the stage and the reason."""
+        for name, step in self.steps.items():
+            if step.state is StepState.SUCCEEDED:
+                continue
+            for stage, report in step.stages.items():
+                if report.state != "SUCCEEDED":
+                    return name, stage, report.message or step.reason
+            return name, None, step.reason
+        return None
+
+    @property
+    def stage(self) -> str | None:
+        """The stage that failed (rompy's ``stage``), else the last one that ran."""
+        failure = self._first_failure()
+        if failure is not None:
+            name, stage, _ = failure
+            return None if stage is None else self._stage_name(name, stage)
+        completed = self.stages_completed
+        return completed[-1] if completed else None
+
+    @property
+    def message(self) -> str:
+        """One line on how the pipeline went (rompy's ``message``)."""
+        failure = self._first_failure()
+        if failure is None:
+            return f"Pipeline {self.name!r} completed successfully"
+        name, stage, reason = failure
+        where = f"step {name!r}" + (f" failed at its {stage} stage" if stage else " did not run")
+        return f"Pipeline {self.name!r}: {where}" + (f": {reason}" if reason else "")
 
     def value(self, step: str) -> Any:
         """A step's return value (a Call step; a list for a fanned-out step)."""
@@ -122,6 +168,17 @@ class PipelineResult(BaseModel):
     def failed(self) -> list[str]:
         """Names of the steps that did not succeed (failed, skipped or cancelled)."""
         return [name for name, step in self.steps.items() if step.state is not StepState.SUCCEEDED]
+
+
+_KEYS = (
+    "success",
+    "run_success",
+    "postprocess_results",
+    "steps",
+    "stage",
+    "stages_completed",
+    "message",
+)
 
 
 class PipelineEvent(BaseModel):

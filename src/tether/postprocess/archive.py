@@ -117,6 +117,7 @@ class ArchivePostprocessor:
                 "success": False,
                 "message": f"Could not write the archive '{target}': {exc}",
                 "archive": None,
+                "archive_path": None,
                 "files": [],
                 "skipped": skipped,
             }
@@ -125,6 +126,7 @@ class ArchivePostprocessor:
                 "success": True,
                 "message": f"Nothing to archive: {_why_empty(source, skipped)}",
                 "archive": None,
+                "archive_path": None,
                 "files": [],
                 "skipped": skipped,
             }
@@ -134,6 +136,7 @@ class ArchivePostprocessor:
             "success": True,
             "message": f"Archived {count} ({size}) to {target}",
             "archive": str(target),
+            "archive_path": str(target),  # rompy's key for the same path
             "files": names,
             "skipped": skipped,
         }
