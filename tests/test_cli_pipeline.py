@@ -40,14 +40,21 @@ steps:
     )
 
 
-def _started(cli: CLI, pipeline: Path, state: Path) -> subprocess.Popen[bytes]:
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # whatever the launcher ignored
+
+
+def _started(
+    cli: CLI, pipeline: Path, state: Path, *, stderr: int = subprocess.DEVNULL
+) -> subprocess.Popen[bytes]:
     """``tether pipeline run`` in the background, once its first step has started."""
     proc = subprocess.Popen(
         [TETHER, "pipeline", "run", str(pipeline), "--state", str(state)],
         cwd=cli.tmp,
         env=cli.env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
+        preexec_fn=_default_sigint,
     )
     deadline = time.monotonic() + 20
     while _count(cli, "first") == 0:
@@ -196,6 +203,22 @@ def test_default_state_file_of_a_pipeline_in_a_folder_sits_next_to_it(cli: CLI) 
     assert not (cli.tmp / "sub" / "sub").exists()
     status = cli("pipeline", "status", "sub/p.state.jsonl")
     assert status.returncode == 0, status.stderr
+
+
+def test_ctrl_c_says_what_was_cancelled_and_how_to_resume(cli: CLI) -> None:
+    pipeline = _counting_pipeline(cli, slow=30.0)
+    state = cli.tmp / "state.jsonl"
+    with _started(cli, pipeline, state, stderr=subprocess.PIPE) as proc:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    lines = err.decode().splitlines()
+    assert proc.returncode == 130
+    (cancelled,) = [line for line in lines if line.startswith("tether: interrupted: cancelled ")]
+    assert "first" in cancelled.split("cancelled ", 1)[1].split(", ")
+    assert f"tether: resume with `tether pipeline run {pipeline}` (state file {state})" in lines
+    assert "Traceback" not in err.decode()
+    status = cli("pipeline", "status", state)
+    assert "Traceback" not in status.stderr and "first" in status.stdout
 
 
 def test_sigkilled_pipeline_resumes_and_runs_each_step_once(cli: CLI) -> None:

@@ -53,6 +53,18 @@ async def run(args: argparse.Namespace) -> int:
                 fail_fast=fail_fast,
                 state=state,
             )
+        except anyio.get_cancelled_exc_class():  # Ctrl-C: the runs are cancelled, recorded
+            display.close()
+            running = display.running()
+            what = ", ".join(running) if running else "nothing (no step was running)"
+            write_lines(
+                sys.stderr,
+                [
+                    f"tether: interrupted: cancelled {what}",
+                    f"tether: resume with `tether pipeline run {args.file}` (state file {state})",
+                ],
+            )
+            raise
         finally:
             display.close()
             if result is None:  # the run never got going: nobody will close the events
@@ -185,6 +197,10 @@ class _Display:
             self._runs[event.step][event.member] = event.state
         if self._live is not None:
             self._live.update(self._table())
+
+    def running(self) -> list[str]:
+        """The steps running (or being cancelled) as last seen."""
+        return [name for name, state in self._states.items() if state in ("RUNNING", "CANCELLED")]
 
     def _table(self) -> Table:
         from rich.table import Table
