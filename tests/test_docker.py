@@ -167,6 +167,18 @@ async def test_selinux_label_options_reach_the_engine(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
+async def test_inputs_a_workdir_command_cannot_read_are_refused(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    data = tmp_path / "in.txt"
+    data.write_text("42\n")
+    job = Job(name="io", command="cat in.txt", inputs=[data], workdir=work)
+    with pytest.raises(SubmitError, match="is copied into the run folder, but the command runs"):
+        await config(tmp_path).create().submit(job)
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.asyncio
 async def test_job_workdir_is_mounted_at_the_same_path(tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()

@@ -40,6 +40,33 @@ async def test_inputs_staged_outputs_collected(tmp_path: Path) -> None:
     assert result.outputs[0].parent == handle.run_dir
 
 
+@pytest.mark.parametrize("where", ["job", "config"])
+async def test_inputs_a_workdir_command_cannot_read_are_refused_up_front(
+    tmp_path: Path, where: str
+) -> None:
+    """With workdir (job) or working_dir (config) the command runs there: an input
+    that is not there by its name is refused before anything starts."""
+    work = tmp_path / "work"
+    work.mkdir()
+    data = tmp_path / "in.txt"
+    data.write_text("42\n")
+    job = Job(name="io", command="cat in.txt", inputs=[data])
+    if where == "job":
+        backend, job = local(tmp_path), job.model_copy(update={"workdir": work})
+    else:
+        backend = local(tmp_path, working_dir=work)
+    with pytest.raises(SubmitError, match=r"input '.*in.txt' is copied into the run folder, but"):
+        await backend.submit(job)
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+    (work / "in.txt").write_text("43\n")  # there by its name: the command reads it
+    moved = Job(name="io", command="cat in.txt", inputs=[work / "in.txt"])
+    if where == "job":
+        moved = moved.model_copy(update={"workdir": work})
+    result = await (await backend.submit(moved)).wait()
+    assert result.ok, result.error
+    assert await result.read_stdout() == "43\n"
+
+
 async def test_outputs_copied_from_a_separate_workdir(tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()

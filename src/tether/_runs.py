@@ -85,6 +85,28 @@ def make_run_dir(runs_dir: Path, run_id: str) -> Path:
     return run_dir
 
 
+def check_inputs_reachable(name: str, inputs: list[Path], workdir: Path | None) -> None:
+    """Refuse inputs a command running in ``workdir`` could not read by their names.
+
+    Inputs are copied into the run folder; with a ``workdir`` (or ``working_dir``)
+    the command runs elsewhere, where an input is readable by its name only if it
+    is already there. Refused up front, before anything starts.
+    """
+    if workdir is None:
+        return
+    for source in inputs:
+        source = source.expanduser().absolute()
+        with contextlib.suppress(OSError):
+            if (workdir / source.name).resolve() == source.resolve():
+                continue
+        raise SubmitError(
+            f"Job {name!r}: input '{source}' is copied into the run folder, but the command "
+            f"runs in '{workdir}' (workdir/working_dir), where '{source.name}' is not: move "
+            f"the input into that folder, or drop workdir so the command runs in the run "
+            "folder beside its inputs."
+        )
+
+
 def stage_inputs(inputs: list[Path], run_dir: Path) -> None:
     """Copy input files and folders into the run folder, by their base names."""
     for source in inputs:

@@ -31,6 +31,7 @@ from .. import _proc
 from .. import _worker as worker
 from .._files import default_runs_dir, write_atomic
 from .._runs import (
+    check_inputs_reachable,
     chosen_run_id,
     collect_outputs,
     last_line,
@@ -187,6 +188,9 @@ class LocalBackend(Backend[LocalConfig]):
         ``run_id`` (default: a new one) names the run and its folder; see :meth:`find`.
         """
         argv = self._argv(job)
+        if job.workdir or self.config.working_dir:
+            workdir = (job.workdir or self.config.working_dir or Path()).expanduser().absolute()
+            check_inputs_reachable(job.name, job.inputs, workdir)
         payload = job.payload() if isinstance(job, Call) else None
         if payload is not None:
             integrity.key()  # made now, so the worker can sign the call's outcome

@@ -15,7 +15,7 @@ import anyio
 
 from ... import _proc
 from ..._files import default_runs_dir
-from ..._runs import chosen_run_id, make_run_dir, stage_inputs
+from ..._runs import check_inputs_reachable, chosen_run_id, make_run_dir, stage_inputs
 from ..._version import __version__
 from ...backend import Backend
 from ...call import refuse_calls
@@ -192,6 +192,7 @@ class DockerBackend(Backend[DockerConfig]):
                 raise SubmitError(
                     f"Job {job.name!r}: working folder '{workdir}' does not exist: create it."
                 )
+        check_inputs_reachable(job.name, job.inputs, workdir)
         chosen = run_id is not None
         run_id = chosen_run_id(run_id, job.name)
         async with eng.engine(config.docker_host, submitting=True) as client:
