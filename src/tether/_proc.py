@@ -59,6 +59,17 @@ async def wait_pidfd(fd: int) -> None:
     await anyio.wait_readable(fd)
 
 
+def reap_finished(children: set[int]) -> None:
+    """Reap the ended processes among ``children`` (our own) and forget them."""
+    for pid in list(children):
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done:
+            children.discard(pid)
+
+
 def reap(pid: int) -> None:
     """Collect the exit status of our own child, if it is one, so no zombie stays."""
     with contextlib.suppress(ChildProcessError):

@@ -142,13 +142,7 @@ _children: set[int] = set()
 
 
 def _reap_finished() -> None:
-    for pid in list(_children):
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            done = pid
-        if done:
-            _children.discard(pid)
+    _proc.reap_finished(_children)
 
 
 @cache

@@ -56,6 +56,15 @@ async def create(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _invalid(args: argparse.Namespace, exc: ConfigError) -> int:
+    """Report an invalid file: one line per problem, or a JSON report with ``--json``."""
+    if not args.json:
+        raise exc
+    report = {"file": str(args.file), "valid": False, "errors": str(exc).splitlines()}
+    write_lines(sys.stdout, [json.dumps(report, indent=2)])
+    return EXIT_INVALID
+
+
 def _processor_options(path: Path, processor: str) -> dict[str, Any]:
     """A postprocessor config file (rompy's ``--processor-type``): its options, checked."""
     data, _ = read_mapping(path, "Postprocessor config")
@@ -82,11 +91,7 @@ async def validate(args: argparse.Namespace) -> int:
         try:
             options = _processor_options(args.file, args.processor_type)
         except ConfigError as exc:
-            if not args.json:
-                raise
-            report = {"file": str(args.file), "valid": False, "errors": str(exc).splitlines()}
-            write_lines(sys.stdout, [json.dumps(report, indent=2)])
-            return EXIT_INVALID
+            return _invalid(args, exc)
         if args.json:
             report = {"file": str(args.file), "valid": True, "processor": args.processor_type}
             write_lines(sys.stdout, [json.dumps({**report, "options": options}, indent=2)])
@@ -98,11 +103,7 @@ async def validate(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.file, backend_type=args.backend_type)
     except ConfigError as exc:
-        if not args.json:
-            raise
-        report = {"file": str(args.file), "valid": False, "errors": str(exc).splitlines()}
-        write_lines(sys.stdout, [json.dumps(report, indent=2)])
-        return EXIT_INVALID
+        return _invalid(args, exc)
     if args.json:
         # to_record: secret values (resolved ${VAR}s under env_vars) are left out.
         report = {"file": str(args.file), "valid": True, "config": config.to_record()}

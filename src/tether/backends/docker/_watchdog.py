@@ -25,6 +25,8 @@ from pathlib import Path
 
 import anyio
 
+from ... import _proc
+
 #: Seconds a gate left without ``g`` waits before deciding: a start the dead
 #: submitter already sent reaches the engine first.
 _SETTLE = 1.0
@@ -37,20 +39,10 @@ _LOG = ".watchdog.log"
 _children: set[int] = set()
 
 
-def _reap_finished() -> None:
-    for pid in list(_children):
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            done = pid
-        if done:
-            _children.discard(pid)
-
-
 def spawn(run_dir: Path, docker_host: str | None) -> tuple[int, int]:
     """Start the run's watchdog in a session of its own (a Ctrl-C or a killed group of
     the submitter does not reach it); return its pid and the write end of its gate."""
-    _reap_finished()
+    _proc.reap_finished(_children)
     env = dict(os.environ)
     env.pop("TETHER_DOCKER_HOST", None)
     if docker_host is not None:
