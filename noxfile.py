@@ -78,7 +78,12 @@ def stress(session: nox.Session) -> None:
     """
     session.install("-e", ".[test]")
     python = str(Path(session.bin) / "python")
-    suites = ["tests/contract", "tests/test_cli.py", "tests/test_local_faults.py"]
+    suites = [
+        "tests/contract",
+        "tests/test_cli.py",
+        "tests/test_local_faults.py",
+        "tests/test_docker_faults.py",
+    ]
     argv = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *suites, *session.posargs]
     copies = [subprocess.Popen(argv) for _ in range(2)]
     codes = [copy.wait() for copy in copies]

@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .._files import make_private_dir
+
 
 def _digest_of(path: Path) -> str | None:
     try:
@@ -51,7 +53,7 @@ class BlobDir:
         return name, info.st_size, info.st_mtime_ns
 
     def _write(self, source: Path, target: Path) -> None:
-        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dir(target.parent)  # owner-only, the root and its parents too
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".blob.", suffix=".tmp")
         try:
             with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
@@ -80,7 +82,7 @@ class BlobDir:
 
     def restore(self, digest: str, target: Path) -> None:
         """Put the blob at ``target``: a hard link where possible, else a copy."""
-        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dir(target.parent)
         source = self.path(digest)
         try:
             os.link(source, target)

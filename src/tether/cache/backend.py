@@ -13,14 +13,13 @@ is set, and releases the claim.
 from __future__ import annotations
 
 import builtins
-import os
-import secrets
-import socket
+import contextlib
+import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -36,25 +35,29 @@ from pydantic import (
     model_validator,
 )
 
-from .. import _plugins, _proc
+from .. import _plugins
 from .._files import cache_home, default_runs_dir
 from .._integrity import seal
-from .._runs import make_run_dir, new_run_id, tail_lines
+from .._runs import chosen_run_id, make_run_dir, new_run_id, tail_lines
 from ..backend import Backend
-from ..call import Call, encode_outcome, outcome_fields
+from ..call import Call, encode_outcome
 from ..config import FROM_RECORD, BackendConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, SubmitError
 from ..handle import RunHandle, Stream, check_stream
 from ..job import Job
 from ..records import write_record
 from ..result import RunResult, RunState
+from ._claims import PENDING_LIMIT, new_owner, owner_alive, planned_run
+from ._faults import reason
+from ._results import OUTCOME as _OUTCOME
+from ._results import STORE_ERRORS as _STORE_ERRORS
+from ._results import absolute as _absolute
+from ._results import attempt as _attempt
+from ._results import relative as _relative
+from ._results import with_value as _with_value
 from .key import KeyFunction, default_key
 from .sqlite_store import SQLiteStore
 from .store import CacheEntry, CacheStore, Claim, StoredFile
-
-#: A claim with no handle record yet (its owner is between claiming and submitting)
-#: is taken over after this long even if the owner looks alive (another machine).
-PENDING_LIMIT = 120.0
 
 
 def _not_a_store(obj: object) -> str | None:
@@ -233,32 +236,6 @@ class CachedConfig(BackendConfig):
         return CachedRunHandle
 
 
-@cache
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-def new_owner() -> str:
-    """This process's claim owner id: host, boot, pid, start ticks, and a nonce."""
-    pid = os.getpid()
-    ticks = _proc.start_ticks(pid)
-    return f"{socket.gethostname()}|{_boot_id()}|{pid}|{ticks}|{secrets.token_hex(4)}"
-
-
-def owner_alive(owner: str) -> bool:
-    """False when the owner's process is known to be gone (same host and boot only)."""
-    try:
-        host, boot, pid, ticks, _ = owner.split("|")
-    except ValueError:
-        return False
-    if host != socket.gethostname() or boot != _boot_id():
-        return True  # cannot tell from here: PENDING_LIMIT decides
-    return _proc.is_running(int(pid), None if ticks == "None" else int(ticks))
-
-
 @dataclass
 class _Shared:
     """A run of a key that handles in this process share."""
@@ -338,19 +315,36 @@ class CachedBackend(Backend[CachedConfig]):
                 return self._wrap(job, key, shared.inner, shared.owner, replace=refresh)
             # Ended, and concluded by another handle (reloaded, or in another process).
             _SHARED.pop((location, key), None)
-        owner = new_owner()
+        # With ``find``, the inner run's id is chosen now and put in the claim (in the
+        # owner id), so a takeover after this process dies finds the run it started.
+        finds = "find" in self._inner.capabilities
+        planned = chosen_run_id(run_id, job.name) if finds else run_id
+        owner = new_owner(planned if finds else None)
+        resume = False  # True: the claim was a dead owner's; its run may exist
+        concluded: set[tuple[str, float]] = set()
         delay = 0.02
         while True:
             claim = await anyio.to_thread.run_sync(self._store.claim, key, owner)
             if claim is None:
                 break
             if claim.record is not None:
+                if (claim.owner, claim.claimed) in concluded:
+                    raise SubmitError(
+                        f"Cache store '{location}' cannot drop the claim of an ended run "
+                        f"of job {job.name!r} (see the warning): free space on its disk "
+                        "and submit again."
+                    )
                 attached = await self._attach(job, key, claim, replace=refresh)
                 if attached is not None:
                     return attached
+                concluded.add((claim.owner, claim.claimed))
                 continue  # that run had ended; it is concluded now: look again
             if not owner_alive(claim.owner) or time.time() - claim.claimed > PENDING_LIMIT:
-                if await anyio.to_thread.run_sync(self._store.steal, key, claim, owner):
+                taken = planned_run(claim.owner) if finds else None
+                thief = owner if taken is None else new_owner(taken)
+                if await anyio.to_thread.run_sync(self._store.steal, key, claim, thief):
+                    if taken is not None:  # carry on with the dead owner's run id
+                        owner, planned, resume = thief, taken, True
                     break
                 continue
             if not refresh:  # the other run may have ended and been recorded meanwhile
@@ -365,10 +359,14 @@ class CachedBackend(Backend[CachedConfig]):
                 await anyio.to_thread.run_sync(self._store.release, key, owner)
                 return hit
         try:
-            if run_id is None:
+            # The dead owner may have started its run before it could record it.
+            found = await self._inner.find(job, planned) if resume and planned else None
+            if found is not None:
+                inner = found
+            elif planned is None:
                 inner = await self._inner.submit(job)
             else:
-                inner = await self._inner.submit(job, run_id=run_id)  # type: ignore[call-arg]
+                inner = await self._inner.submit(job, run_id=planned)  # type: ignore[call-arg]
             await anyio.to_thread.run_sync(self._store.set_record, key, owner, inner.to_record())
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -455,14 +453,25 @@ class CachedBackend(Backend[CachedConfig]):
         if entry is None:
             return None
         if not all(store.blobs.intact(f.digest, f.size, f.mtime_ns) for f in entry.files):
-            store.delete(key)  # a blob went missing or was changed on disk: a miss
+            with contextlib.suppress(*_STORE_ERRORS):  # a full disk: stays a miss anyway
+                store.delete(key)  # a blob went missing or was changed on disk: a miss
             return None
         run_id = new_run_id(job.name)
         run_dir = make_run_dir(self._runs_dir(), run_id)
-        for stored in entry.files:
-            store.blobs.restore(stored.digest, run_dir / stored.path)
-            if stored.path == _OUTCOME:
-                seal(run_dir / _OUTCOME)  # ours: the entry's blob, checked intact above
+        try:
+            for stored in entry.files:
+                store.blobs.restore(stored.digest, run_dir / stored.path)
+                if stored.path == _OUTCOME:
+                    seal(run_dir / _OUTCOME)  # ours: the entry's blob, checked intact above
+        except OSError as exc:
+            shutil.rmtree(run_dir, ignore_errors=True)  # no half-restored run folder
+            warnings.warn(
+                f"cache: could not restore the recorded run of job {job.name!r} into "
+                f"'{run_dir}': {reason(exc)}; running it instead",
+                RuntimeWarning,
+                stacklevel=1,
+            )
+            return None
         result = _with_value(_absolute(entry.result, run_id, run_dir), run_dir)
         handle = CachedRunHandle(
             run_id=run_id,
@@ -475,54 +484,6 @@ class CachedBackend(Backend[CachedConfig]):
         )
         write_record(run_dir / "handle.json", handle.to_record(), sync=False)
         return handle
-
-
-#: Where a hit's run folder gets a Call's recorded outcome (value or exception).
-_OUTCOME = ".tether-outcome.pkl"
-
-
-def _with_value(result: RunResult, run_dir: Path | None) -> RunResult:
-    """``result`` with the Call value or exception recorded in the run folder, if any."""
-    if run_dir is None or not (run_dir / _OUTCOME).is_file():
-        return result
-    fields = outcome_fields(run_dir / _OUTCOME)
-    keep: dict[str, Any] = {
-        k: fields[k] for k in ("value", "exception", "traceback") if k in fields
-    }
-    return result.model_copy(update=keep)
-
-
-def _relative(result: RunResult, run_dir: Path | None) -> tuple[dict[str, Any], list[Path]]:
-    """The result as JSON with paths relative to the run folder, and the files to keep."""
-    data = result.model_dump(mode="json")
-    files: list[Path] = []
-
-    def rel(path: Path | None) -> str | None:
-        if path is None or run_dir is None or not path.is_file():
-            return None
-        try:
-            relative = path.resolve().relative_to(run_dir.resolve())
-        except ValueError:
-            return None
-        files.append(path)
-        return relative.as_posix()
-
-    data["stdout"] = rel(result.stdout)
-    data["stderr"] = rel(result.stderr)
-    data["outputs"] = [r for r in (rel(p) for p in result.outputs) if r is not None]
-    data["run_dir"] = None  # a hit gets its own folder
-    return data, files
-
-
-def _absolute(data: dict[str, Any], run_id: str, run_dir: Path) -> RunResult:
-    """A recorded result in a new run folder."""
-    fixed = dict(data)
-    fixed["run_id"] = run_id
-    for stream in ("stdout", "stderr"):
-        fixed[stream] = None if data.get(stream) is None else run_dir / data[stream]
-    fixed["outputs"] = [run_dir / p for p in data.get("outputs", [])]
-    fixed["run_dir"] = run_dir
-    return RunResult.model_validate(fixed)
 
 
 class CachedRunHandle(RunHandle):
@@ -571,17 +532,43 @@ class CachedRunHandle(RunHandle):
         return self._inner
 
     async def _conclude(self, result: RunResult) -> None:
-        """Record the ended run (when it is worth keeping), release the claim, finish."""
+        """Record the ended run (when it is worth keeping), release the claim, finish.
+
+        The store failing (a full disk, above all) never costs the run's result: the
+        run finishes with it, the claim is released, and a warning says it was not
+        recorded. Blobs stored before the failure belong to no entry: the store
+        collects them later (:meth:`CacheStore.collect_blobs`).
+        """
         keep = result.ok or (self._cached.cache_failures and result.state is not RunState.LOST)
+        failed: BaseException | None = None
         if keep:  # recording also releases the claim
-            await anyio.to_thread.run_sync(self._record, result)
-        else:
-            await anyio.to_thread.run_sync(self._store.release, self._key, self._owner)
+            failed = await anyio.to_thread.run_sync(_attempt, self._record, result)
+        stuck: BaseException | None = None
+        if failed is not None or not keep:
+            stuck = await anyio.to_thread.run_sync(_attempt, self._release, None)
         location = (str(self._store.location), self._key)
         shared = _SHARED.get(location)
         if shared is not None and shared.inner.run_id == result.run_id:
             del _SHARED[location]
         self._finish(result)
+        if failed is not None:
+            message = (
+                f"cache: could not record run {result.run_id}: {reason(failed)}; "
+                "the result is returned but not cached"
+            )
+            if stuck is not None:
+                message += f" (its claim stays until the store can be written: {reason(stuck)})"
+            warnings.warn(message, RuntimeWarning, stacklevel=1)
+        elif stuck is not None:
+            warnings.warn(
+                f"cache: could not release the claim of run {result.run_id}: {reason(stuck)}; "
+                "the next submit of its job releases it",
+                RuntimeWarning,
+                stacklevel=1,
+            )
+
+    def _release(self, _: None) -> None:
+        self._store.release(self._key, self._owner)
 
     def _record(self, result: RunResult) -> None:
         data, files = _relative(result, self.run_dir)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .._files import write_atomic
+from .._files import make_private_dir, write_atomic
 from .store import CacheEntry, CacheStore, Claim
 
 
@@ -76,7 +76,7 @@ class DirectoryStore(CacheStore):
 
     def _put(self, entry: CacheEntry, *, replace: bool) -> bool:
         path = self._entry_path(entry.key)
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dir(path.parent)  # owner-only, with the parents it makes
         data = json.dumps(entry.to_json()).encode()
         if replace:
             write_atomic(path, data)
@@ -124,12 +124,12 @@ class DirectoryStore(CacheStore):
     def claim(self, key: str, owner: str) -> Claim | None:
         """Create the claim file exclusively; None when it is ours now."""
         path = self._claim_path(key)
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dir(path.parent)  # owner-only, with the parents it makes
         body = json.dumps({"owner": owner, "claimed": time.time(), "record": None}).encode()
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(body)
         try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(body)  # a full disk fails here: no temp file is left
             os.link(tmp, path)
         except FileExistsError:
             current = self._read_claim(key)

@@ -18,8 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .._files import cache_home
+from .._files import cache_home, make_private_dir
 from ..errors import ConfigError
+from ._faults import disk_full, is_disk_full
 from .store import CacheEntry, CacheStore, Claim
 
 SCHEMA_VERSION = 1
@@ -48,6 +49,8 @@ CREATE TABLE IF NOT EXISTS inflight (
 );
 """
 _COLUMNS = "key, backend, name, created, last_used, hits, data"
+#: Bytes kept in ``<store>.reserve``, freed to release claims when the disk is full.
+RESERVE_SIZE = 256 * 1024
 
 
 class SQLiteStore(CacheStore):
@@ -59,6 +62,7 @@ class SQLiteStore(CacheStore):
         self.path = Path(path).expanduser() if path is not None else default_path()
         super().__init__(self.path.with_name(self.path.name + ".blobs"))
         self._local = threading.local()
+        self._reserve = self.path.with_name(self.path.name + ".reserve")
 
     @classmethod
     def default(cls) -> SQLiteStore:
@@ -91,7 +95,7 @@ class SQLiteStore(CacheStore):
         while True:
             try:
                 # Owner-only: the store holds pickled Call outcomes (unpickled on hits).
-                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                make_private_dir(self.path.parent)
                 # Create it with that mode, but never open (and close) an existing one:
                 # closing any descriptor of the file drops every POSIX lock this
                 # process's connections hold on it, which corrupts the database.
@@ -107,6 +111,7 @@ class SQLiteStore(CacheStore):
                 except BaseException:
                     connection.close()
                     raise
+                self._keep_reserve()
                 return connection
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
@@ -116,29 +121,62 @@ class SQLiteStore(CacheStore):
             except (sqlite3.DatabaseError, OSError) as exc:
                 raise self._unusable(exc) from exc
 
-    def _unusable(self, exc: Exception) -> ConfigError:
+    def _unusable(self, exc: Exception) -> Exception:
+        """The error to raise for a store that cannot be opened: a full disk is an
+        ``ENOSPC`` :class:`OSError` (the file is sound), anything else a config error."""
+        if is_disk_full(exc):
+            return disk_full(self.path, exc)
         return ConfigError(
             f"Cache store '{self.path}' cannot be opened: {exc}; delete it or choose another path."
         )
 
+    def _keep_reserve(self) -> None:
+        """Make sure the reserve file is there: room, kept beside the database, that
+        :meth:`release` frees when the disk is full (best effort: none on a full disk)."""
+        if self._reserve.exists():
+            return
+        try:
+            fd = os.open(self._reserve, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except OSError:
+            return
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(bytes(RESERVE_SIZE))
+        except OSError:
+            with contextlib.suppress(OSError):
+                self._reserve.unlink()
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction; a full disk rolls it back and raises an
+        ``ENOSPC`` :class:`OSError` (not ``sqlite3.OperationalError``)."""
         connection = self._connection()
-        with _transaction(connection):
-            yield connection
+        try:
+            with _transaction(connection):
+                yield connection
+        except sqlite3.Error as exc:
+            if is_disk_full(exc):
+                raise disk_full(self.path, exc) from exc
+            raise
 
     # -- entries -------------------------------------------------------------------
 
     def get(self, key: str, *, touch: bool = True) -> CacheEntry | None:
         """The entry for ``key``; ``touch`` marks it used and counts a hit (one statement)."""
         connection = self._connection()
+        row = None
         if touch:
-            row = connection.execute(
-                f"UPDATE entries SET last_used = ?, hits = hits + 1 WHERE key = ? "
-                f"RETURNING {_COLUMNS}",
-                (time.time(), key),
-            ).fetchone()
-        else:
+            try:
+                row = connection.execute(
+                    f"UPDATE entries SET last_used = ?, hits = hits + 1 WHERE key = ? "
+                    f"RETURNING {_COLUMNS}",
+                    (time.time(), key),
+                ).fetchone()
+            except sqlite3.OperationalError as exc:
+                if not is_disk_full(exc):
+                    raise
+                touch = False  # a full disk cannot count the hit; it is a hit still
+        if not touch:
             row = connection.execute(
                 f"SELECT {_COLUMNS} FROM entries WHERE key = ?", (key,)
             ).fetchone()
@@ -173,6 +211,7 @@ class SQLiteStore(CacheStore):
                 "INSERT OR IGNORE INTO refs (key, digest) VALUES (?, ?)",
                 [(entry.key, f.digest) for f in entry.files],
             )
+        self._keep_reserve()  # used up by a full disk before: there is room again
         return True
 
     def delete(self, key: str) -> bool:
@@ -221,7 +260,22 @@ class SQLiteStore(CacheStore):
             )
 
     def release(self, key: str, owner: str | None = None) -> None:
-        """Drop the claim on ``key`` (only ``owner``'s, when given)."""
+        """Drop the claim on ``key`` (only ``owner``'s, when given).
+
+        On a full disk the WAL may have no room for even this: the store's reserve
+        file (see :meth:`_keep_reserve`) is deleted to make room, and it is tried again,
+        so an ended run never leaves its claim behind for lack of a few pages.
+        """
+        try:
+            self._release(key, owner)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            with contextlib.suppress(FileNotFoundError):
+                self._reserve.unlink()
+            self._release(key, owner)
+
+    def _release(self, key: str, owner: str | None) -> None:
         with self._write() as db:
             if owner is None:
                 db.execute("DELETE FROM inflight WHERE key = ?", (key,))
@@ -275,10 +329,12 @@ def _transaction(connection: sqlite3.Connection) -> Iterator[None]:
     connection.execute("BEGIN IMMEDIATE")
     try:
         yield
+        connection.execute("COMMIT")
     except BaseException:
-        connection.execute("ROLLBACK")
+        # SQLite may have rolled back already (a full disk does): do not hide why.
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
         raise
-    connection.execute("COMMIT")
 
 
 def _entry(row: tuple[Any, ...]) -> CacheEntry:
