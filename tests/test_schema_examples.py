@@ -118,3 +118,18 @@ def test_schema_and_record_hold_no_secret_values(config_cls: type[BackendConfig]
         repr(config),
     ):
         assert SECRET not in shown
+
+
+def test_every_schema_accepts_every_example_it_carries(config_cls: type[BackendConfig]) -> None:
+    """What `tether backends schema` prints validates the examples it prints (a schema
+    checker such as jsonschema is what users point at their config files)."""
+    import jsonschema
+
+    schema = _schema(config_cls)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    examples = schema.get("examples", [])
+    assert examples, f"{config_cls.__name__} carries no examples"
+    for example in examples:
+        errors = [e.message for e in validator.iter_errors(example)]
+        assert not errors, f"{config_cls.__name__} example {example}: {errors}"

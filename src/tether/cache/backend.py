@@ -21,7 +21,7 @@ import warnings
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import anyio
 import anyio.to_thread
@@ -31,6 +31,7 @@ from pydantic import (
     SecretStr,
     SerializeAsAny,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -58,6 +59,15 @@ from ._results import with_value as _with_value
 from .key import KeyFunction, default_key
 from .sqlite_store import SQLiteStore
 from .store import CacheEntry, CacheStore, Claim, StoredFile
+
+#: The inner config in the schema: any backend's config, told apart by its ``type``
+#: (its own fields are checked by that backend's schema: tether backends schema T).
+_INNER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type"],
+    "properties": {"type": {"type": "string", "description": "The inner backend's type."}},
+    "additionalProperties": True,
+}
 
 
 def _not_a_store(obj: object) -> str | None:
@@ -110,7 +120,7 @@ class CachedConfig(BackendConfig):
     type: Literal["cached"] = Field(
         "cached", description="Selects the caching wrapper in config files.", examples=["cached"]
     )
-    backend: SerializeAsAny[BackendConfig] = Field(
+    backend: Annotated[SerializeAsAny[BackendConfig], WithJsonSchema(_INNER_SCHEMA)] = Field(
         description="The inner backend's config, with its own 'type'; it runs the misses.",
         examples=[{"type": "local"}],
     )
