@@ -70,3 +70,22 @@ def test_cache_store_path_that_cannot_exist(cli: CLI) -> None:
     proc = cli("cache", "stats", "--store", cli.tmp / "no" / "such" / "cache.sqlite")
     assert proc.returncode == 2
     assert proc.stderr.startswith("tether: error: Cache store") and "Traceback" not in proc.stderr
+
+
+def test_prune_says_which_unused_blobs_it_keeps_and_why(cli: CLI) -> None:
+    """Unused blobs younger than the grace period stay (a run may be recording them):
+    ``tether cache prune`` says so, with their number, size and when to come back."""
+    from tether import SQLiteStore
+
+    store = _store(cli)
+    job = cli.write("job.yml", JOB)
+    assert cli("run", job, "--cache-store", store).returncode == 0
+    opened = SQLiteStore(store)
+    [entry] = opened.entries()
+    opened.delete(entry.key)  # its blobs are unused now, and young
+    pruned = cli("cache", "prune", "--store", store)
+    assert pruned.returncode == 0, pruned.stderr
+    lines = pruned.stderr.splitlines()
+    assert lines[0] == "tether: freed 0 B of unused blobs"
+    assert "unused blob" in lines[1] and "younger than 10 minutes" in lines[1]
+    assert "prune again later" in lines[1]

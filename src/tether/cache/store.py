@@ -161,17 +161,26 @@ class CacheStore(ABC):
 
     def collect_blobs(self) -> int:
         """Delete blobs no entry uses (older than :data:`BLOB_GRACE`); return bytes freed."""
+        return self.collect()[0]
+
+    def collect(self) -> tuple[int, int, int]:
+        """Delete blobs no entry uses, older than :data:`BLOB_GRACE` (a writer may not
+        have recorded a younger one yet); return (bytes freed, unused blobs kept, their
+        bytes)."""
         used = self.referenced()
         limit = time.time() - BLOB_GRACE
-        freed = 0
+        freed = kept = kept_size = 0
         for digest in self.blobs.digests() - used:
             try:
-                if self.blobs.path(digest).stat().st_mtime < limit:
+                stat = self.blobs.path(digest).stat()
+                if stat.st_mtime < limit:
                     freed += self.blobs.remove(digest)
+                else:
+                    kept, kept_size = kept + 1, kept_size + stat.st_size
             except FileNotFoundError:
                 continue
         self.blobs.sweep_temps()
-        return freed
+        return freed, kept, kept_size
 
     def blob_usage(self) -> tuple[int, int]:
         """(number of blobs, their bytes)."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import anyio.to_thread
 
 from ..cache import CacheEntry, CacheStore, DirectoryStore, SQLiteStore
+from ..cache.store import BLOB_GRACE
 from ..errors import ConfigError
 from ..job import parse_memory
 from ._ls import age
@@ -118,8 +119,16 @@ async def prune(args: argparse.Namespace) -> int:
     """Drop least recently used entries beyond ``--max-size``; delete unused blobs."""
     store = open_store(args.store)
     if args.max_size is None:
-        freed = await anyio.to_thread.run_sync(store.collect_blobs)
-        write_lines(sys.stderr, [f"tether: freed {size(freed)} of unused blobs"])
+        freed, kept, kept_size = await anyio.to_thread.run_sync(store.collect)
+        lines = [f"tether: freed {size(freed)} of unused blobs"]
+        if kept:
+            minutes = f"{BLOB_GRACE / 60:g} minutes"
+            lines.append(
+                f"tether: kept {kept} unused blob{'' if kept == 1 else 's'} "
+                f"({size(kept_size)}) younger than {minutes}: a run may still be recording "
+                "them; prune again later to free them"
+            )
+        write_lines(sys.stderr, lines)
         return EXIT_OK
     try:
         limit = parse_memory(args.max_size)
