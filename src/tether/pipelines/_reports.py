@@ -1,0 +1,60 @@
+"""Reports rebuilt from a pipeline's journal: stages, members, parameters."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from ..result import RunResult
+from .journal import MemberRecord, StepRecord
+from .report import (
+    MemberReport,
+    Origin,
+    StageReport,
+)
+from .step import Step
+
+
+def when(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def all_succeeded(record: StepRecord, count: int) -> bool:
+    for index in range(count):
+        member = record.members.get(index)
+        if member is None or member.result is None or member.result.get("state") != "SUCCEEDED":
+            return False
+    return True
+
+
+def stage_report(info: dict[str, Any]) -> StageReport:
+    return StageReport(
+        state=str(info.get("state") or "PENDING"),
+        started_at=when(info.get("started")),
+        ended_at=when(info.get("time")) if info.get("state") != "RUNNING" else None,
+        message=info.get("message"),
+    )
+
+
+def member_report(index: int, member: MemberRecord, step: Step, origin: Origin) -> MemberReport:
+    result = RunResult.model_validate(member.result) if member.result else None
+    return MemberReport(
+        index=index,
+        run_id=member.run_id or (result.run_id if result else None),
+        state=result.state if result else None,
+        params=json_params(step, index),
+        origin=origin,
+        result=result,
+    )
+
+
+def json_params(step: Step, index: int) -> dict[str, Any] | None:
+    if step.params is None:
+        return None
+    loaded: dict[str, Any] = json.loads(json.dumps(step.params[index], default=repr))
+    return loaded
