@@ -196,3 +196,22 @@ async def test_killed_submitters_leave_no_run_without_record_and_none_twice(
     ]
     assert all(c["State"] not in ("created", "running") for c in ours), ours
     print(f"{trials} killed submitters: {found} runs found again, {trials - found} resubmitted")
+
+
+@pytest.mark.asyncio
+async def test_the_same_chosen_run_id_in_two_runs_folders_does_not_collide(
+    tmp_path: Path,
+) -> None:
+    """Two pipelines (runs folders) choosing the same run id both run: container names
+    are global on the engine, so they carry the run folder's digest too."""
+    job = Job(name="same", command="echo ran")
+    handles = [
+        await DockerConfig(image=IMPORTED_IMAGE, runs_dir=tmp_path / f"runs{i}")
+        .create()
+        .submit(job, run_id="same-id")
+        for i in range(2)
+    ]
+    for handle in handles:
+        result = await handle.wait(60)
+        assert result.state is RunState.SUCCEEDED, result.error
+        assert await result.read_stdout() == "ran\n"

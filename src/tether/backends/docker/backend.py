@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     import aiodocker
 
 from .config import CAPABILITIES, LABEL_RUN_DIR, LABEL_RUN_ID, LABEL_VERSION, DockerConfig
-from .handle import DockerRunHandle
+from .handle import DockerRunHandle, container_name
 
 #: Seconds find() waits for the watchdog of a created container to decide.
 _FIND_PATIENCE = 60.0
@@ -213,7 +213,7 @@ class DockerBackend(Backend[DockerConfig]):
                     workdir=workdir,
                 )
                 pid, gate = _watchdog.spawn(run_dir, config.docker_host)
-                container_id = await self._create(client, spec, f"tether-{run_id}")
+                container_id = await self._create(client, spec, container_name(run_dir))
                 handle = DockerRunHandle(
                     run_id=run_id,
                     job=job,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import time
 from collections.abc import AsyncGenerator
@@ -128,7 +129,7 @@ class DockerRunHandle(RunHandle):
     @staticmethod
     async def discard_unrecorded(run_dir: Path, docker_host: str | None) -> None:
         """Remove the never-started container of a run folder that has no record."""
-        name = f"tether-{run_dir.name}"
+        name = container_name(run_dir)
         async with eng.engine(docker_host) as client:
             info = await eng.inspect(client, name)
             labels = ((info or {}).get("Config") or {}).get("Labels") or {}
@@ -200,7 +201,7 @@ class DockerRunHandle(RunHandle):
             await eng.wait_exit(client, self._container_id)
         info = await eng.inspect(client, self._container_id)
         status = ((info or {}).get("State") or {}).get("Status")
-        if info is not None and status not in ("exited", "dead"):
+        if info is not None and status not in ("exited", "dead", "removing"):
             raise BackendError(
                 f"container {self._container_id[:12]} is still {status} after being stopped; "
                 "cancel again, or stop it with docker kill"
@@ -431,6 +432,14 @@ def _lines(text: str) -> list[str]:
     if lines and lines[-1] == "":
         lines.pop()
     return lines
+
+
+def container_name(run_dir: Path) -> str:
+    """The run's container name: its run id, and a digest of its folder, so that runs
+    of the same chosen id in two runs folders (two pipelines) never collide on the
+    engine, whose names are global."""
+    digest = hashlib.sha256(str(run_dir).encode()).hexdigest()[:8]
+    return f"tether-{run_dir.name}-{digest}"
 
 
 class _NotOurs(Exception):
