@@ -144,32 +144,34 @@ def find_by_argument(argument: str) -> int | None:
     it starts (which may get the same argument) do not.
     """
     needle = argument.encode()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/cmdline", "rb") as handle:
-                args = handle.read().split(b"\0")
-        except OSError:
-            continue
-        pid = int(entry.name)
-        fields = _stat(pid) if needle in args else None
-        if fields is not None and fields[_STATE] != b"Z" and int(fields[_SESSION]) == pid:
-            return pid
+    with os.scandir("/proc") as entries:  # closed even when we return early
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/cmdline", "rb") as handle:
+                    args = handle.read().split(b"\0")
+            except OSError:
+                continue
+            pid = int(entry.name)
+            fields = _stat(pid) if needle in args else None
+            if fields is not None and fields[_STATE] != b"Z" and int(fields[_SESSION]) == pid:
+                return pid
     return None
 
 
 def session_members(sid: int) -> Iterator[int]:
     """Live pids in session ``sid`` (the run's whole tree), leader and zombies aside."""
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        if pid == sid:
-            continue
-        fields = _stat(pid)
-        if fields is not None and int(fields[_SESSION]) == sid and fields[_STATE] != b"Z":
-            yield pid
+    with os.scandir("/proc") as entries:  # closed even when the caller stops early
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            pid = int(entry.name)
+            if pid == sid:
+                continue
+            fields = _stat(pid)
+            if fields is not None and int(fields[_SESSION]) == sid and fields[_STATE] != b"Z":
+                yield pid
 
 
 def kill_session(sid: int, signum: int = signal.SIGKILL) -> int:

@@ -139,6 +139,8 @@ _CANCEL_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # Supervisors we started are our children until they exit; reap the finished ones
 # now and then so a long-lived submitter never piles up zombies.
 _children: set[int] = set()
+#: Seconds a resubmit waits for a supervisor at the gate of a dead submit to exit.
+_GATE_PATIENCE = 30.0
 
 
 def _reap_finished() -> None:
@@ -291,9 +293,23 @@ class LocalBackend(Backend[LocalConfig]):
             (run_dir / name).exists() for name in ("handle.json", "exit.json", ".exit.json.tmp")
         ):
             return
-        if await anyio.to_thread.run_sync(_proc.find_by_argument, str(run_dir)) is None:
-            with contextlib.suppress(OSError):
-                shutil.rmtree(run_dir)
+        # A supervisor still at the gate (its submitter died before the record) sees
+        # the gate's end and exits; on a busy machine that can take a moment.
+        folder = str(run_dir)
+
+        async def at_gate() -> bool:
+            return await anyio.to_thread.run_sync(_proc.find_by_argument, folder) is not None
+
+        with anyio.move_on_after(_GATE_PATIENCE):
+            while await at_gate():  # noqa: ASYNC110 (another process's exit)
+                await anyio.sleep(0.05)
+        if await at_gate():
+            raise SubmitError(
+                f"Run folder '{run_dir}' still has a supervisor waiting at its gate after "
+                f"{_GATE_PATIENCE:g}s: try again, or submit with another run_id."
+            )
+        with contextlib.suppress(OSError):
+            shutil.rmtree(run_dir)
 
     def _runs_dir(self) -> Path:
         return (self.config.runs_dir or default_runs_dir()).expanduser().absolute()
