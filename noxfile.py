@@ -93,8 +93,10 @@ def stress(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def services(session: nox.Session) -> None:
-    """Install (if missing) and start the real services the tests use: the Docker engine."""
+    """Install (if missing) and start the real services the tests use: the Docker engine
+    and a one-node Slurm cluster (the Slurm backend's, issue 16, in the making)."""
     session.run("bash", "scripts/docker-engine.sh", external=True)
+    session.run("bash", "scripts/slurm-cluster.sh", external=True)
 
 
 @nox.session(python=PYTHON)
