@@ -7,11 +7,14 @@ fails the run instead: CI must never pass by skipping.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
 import socket
-from collections.abc import AsyncIterator
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -98,3 +101,38 @@ def docker_service() -> None:
         status, _ = docker_api("GET", f"/images/{image}/json")
         if status != 200:
             missing(f"test image {image} is not built; run {START}")
+
+
+@contextlib.contextmanager
+def small_tmpfs(where: Path, size: str) -> Iterator[Path]:
+    """A real file system of ``size`` (tmpfs, needs root) at ``where``, unmounted after:
+    what full-disk tests fill. Missing is a skip on a laptop, a failure in CI."""
+    where.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        missing(f"cannot mount a {size} tmpfs for the full-disk tests: {done.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+async def cancel_from_a_cancelled_caller(handle: Any, how: str) -> None:
+    """Await ``handle.cancel()`` from a caller asyncio cancels at once (``task_cancel``
+    or ``wait_for`` with a tiny timeout), as the caller sees it."""
+    import asyncio
+
+    if how == "wait_for":
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(handle.cancel(), 0.0001)
+        return
+    task = asyncio.ensure_future(handle.cancel())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

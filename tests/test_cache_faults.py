@@ -29,6 +29,8 @@ from tether import (
     SQLiteStore,
 )
 
+from .services import small_tmpfs
+
 pytestmark = pytest.mark.anyio
 
 TRIALS = int(os.environ.get("TETHER_TRIALS", "10"))
@@ -47,24 +49,8 @@ def open_store(kind: str, where: Path) -> CacheStore:
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 2 MiB file system (tmpfs), unmounted afterwards."""
-    if os.getuid() != 0:
-        pytest.skip("mounting a small tmpfs for the full-disk tests needs root")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        if os.environ.get("CI"):
-            pytest.fail(f"cannot mount a small tmpfs for the full-disk tests: {done.stderr}")
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "disk", "2m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def fill(disk: Path) -> Path:

@@ -32,6 +32,7 @@ from tether.call import RemoteTraceback
 
 from . import calls_support as cs
 from .conftest import run_python
+from .services import cancel_from_a_cancelled_caller
 
 pytestmark = pytest.mark.anyio
 
@@ -592,16 +593,11 @@ async def test_no_leaked_file_descriptors(mode: str) -> None:
     assert open_fds() <= before + 1, os.listdir("/proc/self/fd")
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # trio's scopes are shielded already
 @pytest.mark.parametrize("how", ["task_cancel", "wait_for"])
-async def test_cancel_finishes_when_its_caller_is_cancelled(
-    tmp_path: Path, how: str, anyio_backend: str
-) -> None:
+async def test_cancel_finishes_when_its_caller_is_cancelled(tmp_path: Path, how: str) -> None:
     """asyncio's own cancels of the task awaiting cancel() (task.cancel, wait_for) do not
     cut it short: the TERM-ignoring worker is killed and the run is CANCELLED."""
-    if anyio_backend != "asyncio":
-        pytest.skip("asyncio's own cancellation; trio's cancel scopes are shielded already")
-    import asyncio
-
     backend = inline("processes", n_jobs=1, cancel_grace=fresh_grace(0.3))
     pidfile = tmp_path / "pid"
     handle = await backend.submit(Call(cs.stubborn_sleep, str(pidfile), 60))
@@ -609,15 +605,7 @@ async def test_cancel_finishes_when_its_caller_is_cancelled(
         while not pidfile.exists() or not pidfile.read_text():  # noqa: ASYNC110
             await anyio.sleep(0.02)  # a file the worker writes
     pid = int(pidfile.read_text())
-    if how == "wait_for":
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(handle.cancel(), 0.0001)
-    else:
-        task = asyncio.ensure_future(handle.cancel())
-        await asyncio.sleep(0)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+    await cancel_from_a_cancelled_caller(handle, how)
     assert handle.state is RunState.CANCELLED
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)

@@ -6,7 +6,6 @@ Trial loops are bounded and stop by themselves; ``TETHER_TRIALS`` scales them
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import random
@@ -26,6 +25,7 @@ from tether import Job, LocalConfig, RunState
 from tether._proc import is_running, start_ticks
 
 from .cli_support import CLI
+from .services import cancel_from_a_cancelled_caller, small_tmpfs
 
 pytestmark = pytest.mark.anyio
 
@@ -201,26 +201,17 @@ async def test_normal_exit_stops_escaped_daemons(tmp_path: Path, supervisor: str
     assert _survivors(_tree_pids(pidfile)) == []
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # trio: the move_on_after test
 @pytest.mark.parametrize("how", ["task_cancel", "wait_for"])
 async def test_cancel_finishes_when_its_caller_is_cancelled(
-    tmp_path: Path, supervisor: str, how: str, anyio_backend: str
+    tmp_path: Path, supervisor: str, how: str
 ) -> None:
-    if anyio_backend != "asyncio":
-        pytest.skip("asyncio's own cancellation; trio is covered by the move_on_after test")
     pidfile = tmp_path / "pids"
     handle = await local(tmp_path, cancel_grace=0.3).submit(
         Job(command=[sys.executable, TREE, "ignore_term", str(pidfile)])
     )
     pids = await _tree_up(pidfile, 2)
-    if how == "wait_for":
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(handle.cancel(), 0.0001)
-    else:
-        task = asyncio.ensure_future(handle.cancel())
-        await asyncio.sleep(0)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+    await cancel_from_a_cancelled_caller(handle, how)
     assert handle.state is RunState.CANCELLED
     assert _survivors(pids) == []
 
@@ -292,22 +283,8 @@ async def test_killed_submitters_leave_no_run_without_record_and_none_twice(
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 4 MiB file system (tmpfs), unmounted afterwards."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        if os.environ.get("CI"):
-            pytest.fail(f"cannot mount a small tmpfs for the full-disk test: {done.stderr}")
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "disk", "4m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 async def test_run_that_fills_the_disk_ends_failed_with_the_reason(
