@@ -103,6 +103,33 @@ def docker_service() -> None:
             missing(f"test image {image} is not built; run {START}")
 
 
+SLURM_START = "bash scripts/slurm-cluster.sh"
+
+
+@pytest.fixture
+def slurm_service() -> None:
+    """Require the real one-node Slurm cluster (commands on PATH, slurmctld up)."""
+    from tether.backends.slurm.config import controller_availability
+
+    found = controller_availability()
+    if not found:
+        missing(f"Slurm cluster not usable: {found.reason}; run {SLURM_START}")
+
+
+def slurm_jobs(job_id: str) -> dict[str, str]:
+    """squeue's states of ``job_id`` (an array's members too), finished ones included."""
+    proc = subprocess.run(
+        ["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", job_id.split("_")[0]],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    rows = dict(line.split("|", 1) for line in proc.stdout.split())
+    if "_" in job_id:
+        return {k: v for k, v in rows.items() if k == job_id}
+    return rows
+
+
 @contextlib.contextmanager
 def small_tmpfs(where: Path, size: str) -> Iterator[Path]:
     """A real file system of ``size`` (tmpfs, needs root) at ``where``, unmounted after:

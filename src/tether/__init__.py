@@ -14,6 +14,7 @@ from .backends.docker import DockerBackend, DockerConfig, DockerRunHandle, Prune
 from .backends.dummy import DummyBackend, DummyConfig, DummyRunHandle
 from .backends.inline import InlineBackend, InlineConfig, InlineRunHandle
 from .backends.local import LocalBackend, LocalConfig, LocalRunHandle
+from .backends.slurm import SlurmBackend, SlurmConfig, SlurmRunHandle
 from .cache import (
     CachedBackend,
     CachedConfig,
@@ -108,6 +109,9 @@ __all__ = [
     "RunState",
     "RunTimedOutError",
     "SQLiteStore",
+    "SlurmBackend",
+    "SlurmConfig",
+    "SlurmRunHandle",
     "Step",
     "StepReport",
     "StepState",

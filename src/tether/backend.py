@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
+import anyio
 import anyio.to_thread
 
 from .capabilities import Availability
@@ -41,6 +43,26 @@ class Backend(ABC, Generic[C]):
         A command that turns out not to exist is not an error here: its run ends
         FAILED with the reason in ``RunResult.error``.
         """
+
+    async def submit_array(
+        self, jobs: Sequence[Job], *, max_concurrency: int | None = None
+    ) -> list[RunHandle]:
+        """Submit many jobs at once and return their handles, in order.
+
+        Backends with the ``arrays`` capability make one array job of them (at
+        most ``max_concurrency`` running at once); this default submits them one
+        by one. If a submit fails, the runs already submitted are cancelled.
+        """
+        handles: list[RunHandle] = []
+        try:
+            for job in jobs:
+                handles.append(await self.submit(job))
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                for handle in handles:
+                    await handle.cancel()
+            raise
+        return handles
 
     async def find(self, job: Job, run_id: str) -> RunHandle | None:
         """The run that ``submit(job, run_id=run_id)`` started, or None if none started.

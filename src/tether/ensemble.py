@@ -126,16 +126,43 @@ async def run_calls(
                 group.cancel_scope.cancel()
                 return
 
+    async def array(progress_bar: _Progress) -> None:
+        # One array job: the backend's scheduler runs the members, we await them all.
+        try:
+            handles = await target.submit_array(calls, max_concurrency=max_concurrency)
+        except Exception as exc:  # raised as itself below, not in an ExceptionGroup
+            errors.append(exc)
+            group.cancel_scope.cancel()
+            return
+        running.update(enumerate(handles))
+
+        async def member(index: int, handle: RunHandle) -> None:
+            result = await handle.wait()
+            del running[index]
+            results[index] = result
+            progress_bar.advance()
+            if not result.ok and not keep_going:
+                failure.append(result)
+                group.cancel_scope.cancel()
+
+        async with anyio.create_task_group() as members:
+            for index, handle in enumerate(handles):
+                members.start_soon(member, index, handle)
+
     with _Progress(len(calls), label, progress) as bar:
         try:
             async with anyio.create_task_group() as group:
-                for _ in range(min(limit, len(calls))):
-                    group.start_soon(worker, bar)
+                if "arrays" in target.capabilities and len(calls) > 1:
+                    group.start_soon(array, bar)
+                else:
+                    for _ in range(min(limit, len(calls))):
+                        group.start_soon(worker, bar)
         finally:
             if running:  # fail-fast, or our caller was cancelled: stop what still runs
                 with anyio.CancelScope(shield=True):
-                    for handle in list(running.values()):
-                        await handle.cancel()
+                    async with anyio.create_task_group() as stopping:
+                        for handle in list(running.values()):
+                            stopping.start_soon(handle.cancel)
     if errors:
         raise errors[0]
     if failure:

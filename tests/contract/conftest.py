@@ -31,11 +31,14 @@ def harness(
     """A harness for one backend; the local one also runs with the Python supervisor.
 
     ``nohup`` is the third-party example plugin, installed once per session;
-    ``docker`` needs the real engine (missing: skip on a laptop, fail in CI).
+    ``docker`` needs the real engine and ``slurm*`` the real cluster (missing: skip
+    on a laptop, fail in CI).
     """
     if harness_name == "nohup":
         request.getfixturevalue("nohup_plugin")  # the example plugin, installed by pip
     if harness_name == "docker":
         request.getfixturevalue("docker_service")
+    if harness_name.startswith("slurm"):
+        request.getfixturevalue("slurm_service")
     monkeypatch.setenv("TETHER_SUPERVISOR", "python" if harness_name == "local-python" else "auto")
     yield HARNESSES[harness_name](tmp_path / "runs")

@@ -11,6 +11,8 @@ import os
 import shlex
 import shutil
 import signal
+import subprocess
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -30,11 +32,13 @@ from tether import (
     LocalConfig,
     LocalRunHandle,
     RunHandle,
+    SlurmConfig,
+    SlurmRunHandle,
     SQLiteStore,
 )
 from tether._proc import is_running, session_members
 
-from ..services import IMPORTED_IMAGE, docker_api
+from ..services import IMPORTED_IMAGE, docker_api, slurm_jobs
 from .call_target import contract_call
 
 
@@ -213,6 +217,74 @@ class DockerHarness(LocalHarness):
         assert status == 204, info
 
 
+#: Slurm job states of a job that is over.
+_SLURM_ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}
+
+
+class SlurmHarness(LocalHarness):
+    """Batch jobs on the real one-node cluster (scripts/slurm-cluster.sh)."""
+
+    name = "slurm"
+
+    def config(self, config_env: dict[str, Any] | None) -> SlurmConfig:
+        return SlurmConfig(
+            runs_dir=self.runs_dir,
+            env_vars=config_env or {},
+            cancel_grace=2,
+            lost_grace=3,
+            poll_interval=0.5,
+        )
+
+    def make(
+        self, *, lines=(), duration=0.0, exit_code=0, env=None, config_env=None, walltime=None
+    ):  # type: ignore[no-untyped-def]
+        # The same shell command as the local backend's, run on the node by /bin/sh.
+        _, job = super().make(
+            lines=lines, duration=duration, exit_code=exit_code, env=env, walltime=walltime
+        )
+        return self.config(config_env).create(), job
+
+    def assert_nothing_running(self, handle: RunHandle) -> None:
+        assert isinstance(handle, SlurmRunHandle)
+        # The run's supervisor recorded its end only once nothing of it ran; Slurm's
+        # own bookkeeping of the job's end follows within moments.
+        assert not _naming(str(handle.run_dir)), "the run's supervisor is alive"
+        deadline = time.monotonic() + 10
+        while (states := slurm_jobs(handle.job_id)) and time.monotonic() < deadline:
+            if set(states.values()) <= _SLURM_ENDED:
+                break
+            time.sleep(0.2)
+        assert set(states.values()) <= _SLURM_ENDED, f"job {handle.job_id} still {states}"
+
+    def lose(self, handle: RunHandle) -> None:
+        assert isinstance(handle, SlurmRunHandle)
+        # SIGKILL the whole job, its supervisor included: nobody records an outcome.
+        subprocess.run(["scancel", "--signal=KILL", "--full", handle.job_id], check=True)
+
+
+def _naming(argument: str) -> list[int]:
+    """Live processes with ``argument`` as one of their command line's arguments."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if argument.encode() in (entry / "cmdline").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+    return found
+
+
+class SlurmCallHarness(SlurmHarness):
+    """``Call`` jobs on the cluster: the worker module runs them on the node."""
+
+    name = "slurm-call"
+
+    def make(
+        self, *, lines=(), duration=0.0, exit_code=0, env=None, config_env=None, walltime=None
+    ):  # type: ignore[no-untyped-def]
+        backend = self.config(config_env).create()
+        return backend, _contract_call(lines, duration, exit_code, env, walltime)
+
+
 def _contract_call(
     lines: Any, duration: float, exit_code: int, env: dict[str, Any] | None, walltime: float | None
 ) -> Call:
@@ -321,6 +393,8 @@ HARNESSES: dict[str, type[Harness]] = {
     "inline-processes": InlineProcessesHarness,
     "dummy": DummyHarness,
     "docker": DockerHarness,
+    "slurm": SlurmHarness,
+    "slurm-call": SlurmCallHarness,
     "cached-local": CachedLocalHarness,
     "cached-dummy": CachedDummyHarness,
     "nohup": NohupHarness,
