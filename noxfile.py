@@ -43,7 +43,9 @@ def typecheck(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks (see bench/README.md); each exits non-zero when it misses its bar.
 
-    The Docker bench needs the engine (``nox -s services``) and the docker CLI.
+    The Docker bench needs the engine (``nox -s services``) and the docker CLI; the
+    Slurm bench needs a Slurm cluster (``nox -s services`` starts a one-node one) and
+    takes about two minutes.
     """
     # joblib is only a contender in the inline bench, never a dependency of tether.
     session.install("-e", ".[docker,numpy]", "joblib")
@@ -56,6 +58,7 @@ def bench(session: nox.Session) -> None:
         ["bench/cache_bench.py"],
         ["bench/inline_bench.py"],
         ["bench/pipeline_bench.py"],
+        ["bench/slurm_bench.py"],
     ]
     # Every bench runs, even after one misses its bar (a slow disk must not hide the
     # other figures); the session fails at the end if any missed.
@@ -83,6 +86,7 @@ def stress(session: nox.Session) -> None:
         "tests/test_cli.py",
         "tests/test_local_faults.py",
         "tests/test_docker_faults.py",
+        "tests/test_slurm.py",
     ]
     argv = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *suites, *session.posargs]
     copies = [subprocess.Popen(argv) for _ in range(2)]
@@ -94,7 +98,7 @@ def stress(session: nox.Session) -> None:
 @nox.session(python=False)
 def services(session: nox.Session) -> None:
     """Install (if missing) and start the real services the tests use: the Docker engine
-    and a one-node Slurm cluster (the Slurm backend's, issue 16, in the making)."""
+    and a one-node Slurm cluster."""
     session.run("bash", "scripts/docker-engine.sh", external=True)
     session.run("bash", "scripts/slurm-cluster.sh", external=True)
 
@@ -105,7 +109,9 @@ def ci(session: nox.Session) -> None:
 
     ``CI=1`` makes a test whose service is missing fail instead of skip.
     """
+    # Both fail (and so does CI) when their service does not come up: never a skip.
     session.run("bash", "scripts/docker-engine.sh", external=True)
+    session.run("bash", "scripts/slurm-cluster.sh", external=True)
     session.install("-e", ".[dev]")
     session.run("ruff", "check", *LINTED)
     session.run("ruff", "format", "--check", *LINTED)

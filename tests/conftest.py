@@ -13,8 +13,7 @@ import pytest
 
 from .cli_support import cli  # noqa: F401  (a fixture, shared by the CLI test modules)
 from .plugin_env import nohup_plugin, nohup_plugin_site  # noqa: F401  (the example plugin)
-from .services import docker_engine, docker_service  # noqa: F401  (real Docker engine)
-from .services import slurm_service  # noqa: F401  (real Slurm cluster)
+from .services import docker_engine, docker_service, slurm_service  # noqa: F401  (real services)
 
 
 @pytest.fixture(autouse=True)

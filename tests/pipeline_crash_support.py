@@ -260,16 +260,19 @@ def double(value: int, *, work: str) -> int:
     return 2 * value
 
 
-def build_find(state: Path, work: Path, *, stall: bool = False) -> Pipeline:
-    """Two Call steps, ``produce`` then ``double`` (of its value), on the local backend.
+def build_find(state: Path, work: Path, *, stall: bool = False, slurm: bool = False) -> Pipeline:
+    """Two Call steps, ``produce`` then ``double`` (of its value), on the local backend
+    (the real Slurm cluster with ``slurm``).
 
     With ``stall``, the backend's submit starts the run, leaves the
     :data:`SUBMITTED` marker and then hangs, so the pipeline can be killed after it
-    journaled the run's id but before it journaled the run's handle.
+    journaled the run's id but before it journaled the run's handle. On Slurm the
+    stalling submit also removes the run's record, as a submitter killed between
+    sbatch and writing it would leave things: find() must ask the queue.
     """
     import anyio
 
-    from tether import Call, LocalBackend, LocalConfig, Pipeline, Step
+    from tether import Call, LocalBackend, LocalConfig, Pipeline, SlurmBackend, SlurmConfig, Step
 
     class StallingLocalBackend(LocalBackend):
         async def submit(self, job: Any, *, run_id: str | None = None) -> Any:
@@ -278,9 +281,22 @@ def build_find(state: Path, work: Path, *, stall: bool = False) -> Pipeline:
             await anyio.sleep(600)  # shielded by the runner: killed here
             return handle
 
+    class StallingSlurmBackend(SlurmBackend):
+        async def submit(self, job: Any, *, run_id: str | None = None) -> Any:
+            handle = await super().submit(job, run_id=run_id)
+            (handle.run_dir / "handle.json").unlink()
+            (work / SUBMITTED).write_text(handle.run_id)
+            await anyio.sleep(600)  # shielded by the runner: killed here
+            return handle
+
     (work / "effects").mkdir(parents=True, exist_ok=True)
-    config = LocalConfig(runs_dir=work / "runs", cancel_grace=1)
-    backend = StallingLocalBackend(config) if stall else config
+    backend: Any
+    if slurm:
+        slurm_config = SlurmConfig(runs_dir=work / "runs", cancel_grace=1, poll_interval=0.5)
+        backend = StallingSlurmBackend(slurm_config) if stall else slurm_config
+    else:
+        config = LocalConfig(runs_dir=work / "runs", cancel_grace=1)
+        backend = StallingLocalBackend(config) if stall else config
     first = Step("produce", Call(produce, work=str(work), pause=0.5))
     second = Step("double", Call(double, first.value, work=str(work)))
     return Pipeline([first, second], name=FIND_NAME, backend=backend, state=state)
@@ -314,18 +330,25 @@ async def run(state: Path, work: Path) -> Any:
 
 def main(argv: list[str]) -> int:
     """``STATE_FILE WORK_DIR``: run the crash pipeline; ``--stall`` first: the find one,
-    stalling after its first submit (to be killed there)."""
+    stalling after its first submit (to be killed there); ``--slurm --stall``: the
+    same on the Slurm cluster."""
     import anyio
 
+    slurm = argv[:1] == ["--slurm"]
+    if slurm:
+        argv = argv[1:]
     stall = argv[:1] == ["--stall"]
     if stall:
         argv = argv[1:]
     if len(argv) != 2:
-        print("usage: pipeline_crash_support.py [--stall] STATE_FILE WORK_DIR", file=sys.stderr)
+        print(
+            "usage: pipeline_crash_support.py [--slurm] [--stall] STATE_FILE WORK_DIR",
+            file=sys.stderr,
+        )
         return 2
     state, work = Path(argv[0]), Path(argv[1])
     if stall:
-        anyio.run(build_find(state, work, stall=True).run)
+        anyio.run(build_find(state, work, stall=True, slurm=slurm).run)
         return 1  # never reached: the test kills it while it stalls
     result = anyio.run(run, state, work)
     for name, step in result.steps.items():

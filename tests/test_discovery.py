@@ -20,6 +20,7 @@ from tether import (
     Job,
     LocalConfig,
     Resources,
+    SlurmConfig,
     UnknownBackendError,
 )
 from tether.registry import broken_backends, config_class, reload_plugins
@@ -230,7 +231,10 @@ def test_plain_command_job_gets_local() -> None:
     assert "dummy" not in choice.reason  # simulated backends are not even alternatives
 
 
-def test_job_too_big_for_here_still_gets_local_with_a_warning() -> None:
+def test_job_too_big_for_here_still_gets_local_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(SlurmConfig, "availability", classmethod(_unusable))
     cores = os.cpu_count() or 1
     choice = tether.recommended_backend(
         Job(command="mpirun model", resources=Resources(cpus=cores + 1))
@@ -238,6 +242,22 @@ def test_job_too_big_for_here_still_gets_local_with_a_warning() -> None:
     assert choice.name == "local"
     assert "no cluster backend is usable" in choice.reason
     assert f"{cores + 1} CPUs" in choice.reason
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm_service")
+def test_job_too_big_for_here_goes_to_a_usable_cluster() -> None:
+    cores = os.cpu_count() or 1
+    choice = tether.recommended_backend(Job(command="mpirun model", resources={"cpus": cores + 1}))
+    assert choice.name == "slurm"
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm_service")
+def test_a_cluster_without_gpus_does_not_claim_them() -> None:
+    infos = _by_name(tether.list_backends(check=True))
+    assert "gpus" in SlurmConfig.capabilities  # it can, where the nodes have GPUs
+    assert "gpus" not in infos["slurm"].capabilities  # this cluster's nodes have none
 
 
 def test_gpu_job_has_no_backend_and_the_error_says_why() -> None:
@@ -269,5 +289,6 @@ def test_simulated_backend_is_never_recommended(monkeypatch: pytest.MonkeyPatch)
     # Even when the dummy backend is the only usable one, it is not picked.
     monkeypatch.setattr(LocalConfig, "availability", classmethod(_unusable))
     monkeypatch.setattr(DockerConfig, "availability", classmethod(_unusable))
+    monkeypatch.setattr(SlurmConfig, "availability", classmethod(_unusable))
     with pytest.raises(BackendUnavailableError, match="local: disabled by the test"):
         tether.recommended_backend(Job(command="ls"))

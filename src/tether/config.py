@@ -68,6 +68,12 @@ class BackendConfig(BaseModel):
         """
         return Availability(True)
 
+    @classmethod
+    def detected_capabilities(cls) -> frozenset[str]:
+        """What this backend can do on this machine: ``capabilities``, less what the
+        machine lacks (a cluster without GPUs). Asked only when availability is."""
+        return cls.capabilities
+
     @field_validator("env_vars")
     @classmethod
     def _env_keys(cls, env: dict[str, str | SecretStr]) -> dict[str, str | SecretStr]:

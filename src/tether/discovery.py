@@ -64,6 +64,13 @@ def _checked(cls: type[BackendConfig]) -> Availability:
         return Availability(False, f"availability check failed: {type(exc).__name__}: {exc}")
 
 
+def _detected(cls: type[BackendConfig]) -> frozenset[str]:
+    try:
+        return cls.detected_capabilities()
+    except Exception:  # a plugin's broken check: what it declares
+        return cls.capabilities
+
+
 def list_backends(available_only: bool = False, *, check: bool | None = None) -> list[BackendInfo]:
     """Every registered backend, built-in or plugin, sorted by name.
 
@@ -91,7 +98,10 @@ def list_backends(available_only: bool = False, *, check: bool | None = None) ->
         availability = _checked(cls) if check else None
         if available_only and availability is not None and not availability.usable:
             continue
-        infos.append(BackendInfo(name, cls, cls.capabilities, source, availability))
+        capabilities = cls.capabilities
+        if availability is not None and availability.usable:
+            capabilities = _detected(cls)
+        infos.append(BackendInfo(name, cls, capabilities, source, availability))
     return infos
 
 

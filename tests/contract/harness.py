@@ -11,7 +11,6 @@ import os
 import shlex
 import shutil
 import signal
-import subprocess
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -258,8 +257,7 @@ class SlurmHarness(LocalHarness):
 
     def lose(self, handle: RunHandle) -> None:
         assert isinstance(handle, SlurmRunHandle)
-        # SIGKILL the whole job, its supervisor included: nobody records an outcome.
-        subprocess.run(["scancel", "--signal=KILL", "--full", handle.job_id], check=True)
+        kill_run(handle)
 
 
 def _naming(argument: str) -> list[int]:
@@ -271,6 +269,26 @@ def _naming(argument: str) -> list[int]:
                 if argument.encode() in (entry / "cmdline").read_bytes().split(b"\0"):
                     found.append(int(entry.name))
     return found
+
+
+def kill_run(handle: SlurmRunHandle) -> None:
+    """SIGKILL a Slurm run's supervisor and everything under it, as a crash of the
+    node would: nobody records an outcome. Waits for the job to start first."""
+    deadline = time.monotonic() + 60
+    while not (found := _naming(str(handle.run_dir))) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert found, f"job {handle.job_id} never started its supervisor"
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = (entry / "stat").read_bytes()
+            parents[int(entry.name)] = int(stat[stat.rindex(b")") + 2 :].split()[1])
+    tree = set(found)
+    while grown := {pid for pid, ppid in parents.items() if ppid in tree} - tree:
+        tree |= grown
+    for pid in sorted(tree, reverse=True):  # children first, the supervisor last
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 class SlurmCallHarness(SlurmHarness):

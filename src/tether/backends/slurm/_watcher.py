@@ -190,7 +190,10 @@ def watcher(interval: float, interval_max: float) -> Watcher:
     token = anyio.lowlevel.current_token()
     found = _watchers.get(token)
     if found is None:
-        found = _watchers[token] = Watcher(interval, interval_max)
+        # Its first query one interval from now: whoever made it has just asked.
+        found = _watchers[token] = Watcher(
+            interval, interval_max, next_query=time.monotonic() + interval
+        )
     else:
         found.interval = min(found.interval, interval)
         found.interval_max = min(found.interval_max, interval_max)

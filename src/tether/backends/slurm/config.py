@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import AliasChoices, ConfigDict, Field, field_validator, model_validator
+from pydantic.config import JsonDict
 
 from ..._loading import quote
 from ...capabilities import Availability
@@ -91,30 +92,37 @@ def option_name(line: str) -> str:
     return re.split(r"[= ]", line, maxsplit=1)[0]
 
 
+_EXAMPLES: list[dict[str, Any]] = [
+    {"type": "slurm", "queue": "gpu", "nodes": 2, "time_limit": "2:00:00", "timeout": 7200},
+    {
+        "type": "slurm",
+        "partition": "debug",
+        "cpus_per_task": 4,
+        "mem": "4G",
+        "account": "ocean",
+        "exclusive": False,
+        "extra_sbatch": ["--mail-type=END"],
+    },
+]
+
+
+def _schema_extra(schema: JsonDict) -> None:
+    """The examples, and ``queue`` listed as the other name of ``partition``."""
+    schema["examples"] = _EXAMPLES  # type: ignore[assignment]
+    properties = schema.get("properties")
+    if isinstance(properties, dict) and isinstance(properties.get("partition"), dict):
+        queue = dict(properties["partition"])  # type: ignore[arg-type]
+        queue["description"] = "The partition's other name (rompy's): give one of the two."
+        queue["title"] = "Queue"
+        properties["queue"] = queue
+
+
 class SlurmConfig(BackendConfig):
     """Run jobs as Slurm batch jobs (rompy's ``SlurmConfig``): detached, re-attached by job id."""
 
     model_config = ConfigDict(
         populate_by_name=True,
-        json_schema_extra={
-            "examples": [
-                {
-                    "type": "slurm",
-                    "queue": "gpu",
-                    "nodes": 2,
-                    "time_limit": "2:00:00",
-                    "timeout": 7200,
-                },
-                {
-                    "type": "slurm",
-                    "partition": "debug",
-                    "cpus_per_task": 4,
-                    "mem": "4G",
-                    "account": "ocean",
-                    "extra_sbatch": ["--mail-type=END"],
-                },
-            ]
-        },
+        json_schema_extra=_schema_extra,
     )
 
     type: Literal["slurm"] = Field(
@@ -160,7 +168,9 @@ class SlurmConfig(BackendConfig):
     constraint: str | None = Field(
         None, description="Node features required (--constraint).", examples=["skylake"]
     )
-    exclusive: bool = Field(False, description="Ask for whole nodes (--exclusive).")
+    exclusive: bool = Field(
+        False, description="Ask for whole nodes (--exclusive).", examples=[False]
+    )
     extra_sbatch: list[str] = Field(
         default_factory=list,
         description="Further sbatch options, one per item, as '--name[=value]' (a leading "
@@ -248,6 +258,17 @@ class SlurmConfig(BackendConfig):
     def availability(cls) -> Availability:
         """Usable when sbatch, squeue and scancel are on PATH and slurmctld answers."""
         return controller_availability()
+
+    @classmethod
+    def detected_capabilities(cls) -> frozenset[str]:
+        """The capabilities, without ``gpus`` on a cluster whose nodes have no GPU (GRES)."""
+        try:
+            gres = subprocess.run(
+                ["sinfo", "-h", "-o", "%G"], capture_output=True, text=True, timeout=20, check=False
+            ).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            return cls.capabilities
+        return cls.capabilities if "gpu" in gres else cls.capabilities - {"gpus"}
 
     @model_validator(mode="before")
     @classmethod
