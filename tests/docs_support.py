@@ -9,6 +9,8 @@ Directives are HTML comments on the lines just before a fence:
 
 - ``<!-- fragment: why -->``: not executed (signature listings, transcripts);
 - ``<!-- needs: docker -->``: needs the Docker engine (``pytest.mark.docker``);
+- ``<!-- needs: slurm -->``: needs the Slurm cluster (``pytest.mark.slurm``;
+  ``scripts/slurm-cluster.sh`` starts one);
 - ``<!-- in: examples/quickstart -->``: copy that folder's files into the folder
   the block runs in, first (``<!-- in: examples/hello -> examples/hello -->``: into
   that subfolder, for a block that names the path);
@@ -41,6 +43,10 @@ PYTHON = {"python", "py", "pycon"}
 SHELL = {"bash", "sh", "console", "shell"}
 YAML = {"yaml", "yml"}
 EXECUTED = PYTHON | SHELL | YAML
+
+#: What ``<!-- needs: NAME -->`` may name: the fixture that requires the service (a
+#: skip on a laptop without it, a failure in CI) and the marker of its tests.
+SERVICES = {"docker": "docker_service", "slurm": "slurm_service"}
 
 # A block's budget, in seconds; a document's session gets the sum.
 BLOCK_TIMEOUT = 120
@@ -75,8 +81,9 @@ class Block:
         return "yaml"
 
 
-def parse(path: Path) -> list[Block]:
-    """Every fenced block of ``path`` with the directives written above it."""
+def parse(path: Path, root: Path = ROOT) -> list[Block]:
+    """Every fenced block of ``path`` (named relative to ``root``) with the directives
+    written above it."""
     lines = path.read_text().splitlines()
     blocks: list[Block] = []
     i = 0
@@ -99,7 +106,7 @@ def parse(path: Path) -> list[Block]:
             i += 1
         i += 1  # the closing fence
         block = Block(
-            path=str(path.relative_to(ROOT)),
+            path=str(path.relative_to(root)),
             line=start + 1,
             lang=match.group("lang").lower(),
             source="\n".join(body) + "\n",
@@ -112,7 +119,13 @@ def parse(path: Path) -> list[Block]:
             if key == "fragment":
                 block.fragment = value or "fragment"
             elif key == "needs":
-                block.needs.extend(v.strip() for v in value.split(","))
+                for need in (v.strip() for v in value.split(",")):
+                    if need not in SERVICES:
+                        raise ValueError(
+                            f"{path}:{j + 1}: unknown service {need!r} in a needs directive "
+                            f"(known: {', '.join(sorted(SERVICES))})"
+                        )
+                    block.needs.append(need)
             elif key == "in":
                 block.copy_in.append(value)
             elif key == "env":

@@ -7,8 +7,9 @@ How the blocks run (the collector and driver are in ``tests/docs_support.py``):
   folder**, as a reader pastes them into a notebook and a terminal: a later block
   may use the names, files and runs of earlier ones. The first test of a document
   starts that session (every block of the document runs, whichever were selected)
-  and each test then reports its own block's outcome. Blocks that need the Docker
-  engine form a session of their own per document.
+  and each test then reports its own block's outcome. Blocks that need a service
+  (the Docker engine, the Slurm cluster) form a session of their own per document
+  and service.
 - The folder is a fresh temporary one; ``TETHER_HOME`` and ``TETHER_CACHE_STORE``
   point into the session's temporary folder too, so no block touches the user's
   runs or cache.
@@ -19,7 +20,8 @@ How the blocks run (the collector and driver are in ``tests/docs_support.py``):
   mapping whose ``type`` is a backend with ``tether.load_config``, one with ``steps``
   with ``tether pipeline validate``, one with a ``command`` with ``tether.load_job``.
 - Directives in HTML comments just above a fence: ``<!-- fragment: why -->`` (not
-  run: signature listings, transcripts; keep them few), ``<!-- needs: docker -->``,
+  run: signature listings, transcripts; keep them few), ``<!-- needs: docker -->``
+  and ``<!-- needs: slurm -->`` (a skip without the service, a failure in CI),
   ``<!-- in: examples/NAME -->`` (copy that example's files into the folder first)
   and ``<!-- env: NAME=value -->``. The README's ``<!-- test-command -->`` block is a
   fragment: it would run this suite from inside itself.
@@ -35,14 +37,15 @@ from pathlib import Path
 
 import pytest
 
-from .docs_support import BLOCK_TIMEOUT, ROOT, Block, collect, plan_for
+from .docs_support import BLOCK_TIMEOUT, ROOT, SERVICES, Block, collect, parse, plan_for
 from .services import IMPORTED_IMAGE
 
 BLOCKS = collect()
 
 
 def _group(block: Block) -> tuple[str, str]:
-    return block.path, "docker" if "docker" in block.needs else ""
+    """The session a block runs in: its document's, or the one of the service it needs."""
+    return block.path, ",".join(sorted(block.needs))
 
 
 def _runnable(group: tuple[str, str]) -> list[Block]:
@@ -56,8 +59,7 @@ def _param(block: Block) -> object:
     else:
         budget = BLOCK_TIMEOUT * len(_runnable(_group(block))) + 30
         marks.append(pytest.mark.timeout(budget))
-    if "docker" in block.needs:
-        marks.append(pytest.mark.docker)
+    marks += [getattr(pytest.mark, service) for service in block.needs]
     return pytest.param(block, id=block.id, marks=marks)
 
 
@@ -78,6 +80,8 @@ def _run_session(
     env["TETHER_HOME"] = str(base / "tether-home")
     env["TETHER_CACHE_STORE"] = str(base / "tether-cache.sqlite")
     env["PYTHONUNBUFFERED"] = "1"
+    # The installed `tether` CLI, beside this interpreter, even when the venv is not active.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     if docker:
         env["TETHER_DOCKER_IMAGE"] = IMPORTED_IMAGE
     log = base / "session.log"
@@ -119,13 +123,13 @@ def _block_log(log: str, block: Block) -> str:
 def test_doc_block(
     block: Block, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    if "docker" in block.needs:
-        request.getfixturevalue("docker_service")
+    for service in block.needs:
+        request.getfixturevalue(SERVICES[service])
     group = _group(block)
     if group not in _SESSIONS:
-        name = f"docs-{Path(group[0]).stem}{'-' + group[1] if group[1] else ''}"
+        name = f"docs-{Path(group[0]).stem}{'-' + group[1].replace(',', '-') if group[1] else ''}"
         base = tmp_path_factory.mktemp(name, numbered=True) / "s"
-        _SESSIONS[group] = _run_session(_runnable(group), base, docker=group[1] == "docker")
+        _SESSIONS[group] = _run_session(_runnable(group), base, docker="docker" in block.needs)
     outcomes, log = _SESSIONS[group]
     outcome = outcomes.get(block.id)
     output = _block_log(log, block)
@@ -140,6 +144,18 @@ def test_collector_finds_the_docs() -> None:
     assert {"docs/index.md", "docs/cache.md", "docs/pipelines.md"} <= paths
     assert len({b.id for b in BLOCKS}) == len(BLOCKS)
     assert all(b.fragment.strip() for b in BLOCKS if b.fragment is not None)
+    assert any(b.path == "docs/slurm.md" and b.needs == ["slurm"] for b in BLOCKS)
+
+
+def test_needs_names_a_known_service(tmp_path: Path) -> None:
+    """A typo in ``<!-- needs: … -->`` is an error, not a block that silently never skips."""
+    page = tmp_path / "page.md"
+    page.write_text("<!-- needs: slurm -->\n```bash\nsinfo\n```\n")
+    [block] = parse(page, root=tmp_path)
+    assert block.needs == ["slurm"]
+    page.write_text("<!-- needs: slrum -->\n```bash\nsinfo\n```\n")
+    with pytest.raises(ValueError, match="unknown service 'slrum'"):
+        parse(page, root=tmp_path)
 
 
 def test_a_failing_block_fails_alone(tmp_path: Path) -> None:

@@ -375,3 +375,13 @@ async def test_check_says_when_the_controller_does_not_answer(
     verdict = await config(tmp_path).create().check()
     assert not verdict
     assert verdict.reason == "slurmctld not responding (Slurmctld(primary) at vm is DOWN)"
+
+
+async def test_a_runs_folder_with_spaces_works(tmp_path: Path) -> None:
+    backend = config(tmp_path, runs_dir=tmp_path / "runs with space").create()
+    job = Job(name="spaced", command="echo spaced")
+    handle = await backend.submit(job, run_id="spaced-1")
+    assert (await handle.wait(30)).state is RunState.SUCCEEDED
+    (handle.run_dir / "handle.json").unlink()
+    found = await backend.find(job, "spaced-1")
+    assert found is not None and found.job_id == handle.job_id

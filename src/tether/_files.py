@@ -37,6 +37,29 @@ def write_json_atomic(path: Path, obj: Any, *, sync: bool = False) -> None:
     write_atomic(path, (json.dumps(obj) + "\n").encode(), sync=sync)
 
 
+def link_once(tmp: str | os.PathLike[str], target: str | os.PathLike[str]) -> bool:
+    """Hard-link the finished file ``tmp`` as ``target`` unless ``target`` exists.
+
+    Returns True if this call created ``target`` (the first of racing creators
+    wins; the others get False and must leave its file alone). ``tmp`` must be a
+    file of the caller's own, unique to this attempt (a ``mkstemp`` name), and
+    stays in place: the caller removes it.
+
+    Safe on NFS: on NFSv2/v3 ``link()`` is not idempotent, so a retransmitted
+    request whose first copy succeeded reports EEXIST. As the O_EXCL notes of
+    open(2) advise, a link count of 2 on the unique ``tmp`` then means the link
+    was ours after all. No lock is taken (POSIX locks over NFS are unreliable).
+    """
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        try:
+            return os.stat(tmp).st_nlink == 2
+        except OSError:
+            return False
+    return True
+
+
 def write_json_once(path: Path, obj: Any) -> bool:
     """Create ``path`` holding ``obj`` as JSON unless it exists; True if this call made it.
 
@@ -48,11 +71,7 @@ def write_json_once(path: Path, obj: Any) -> bool:
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write((json.dumps(obj) + "\n").encode())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        return True
+        return link_once(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

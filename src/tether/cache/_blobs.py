@@ -4,6 +4,8 @@ A blob is written to a temporary file in the same folder and renamed to its dige
 so a crash never leaves a half blob under a real name. Blobs are read-only (0444):
 restored outputs are hard links to them where the filesystem allows, and a blob
 found changed on disk (size or mtime differ from the record) is treated as gone.
+No locks: publishing a blob is a hard link of a finished temporary file
+(``_files.link_once``, safe on NFS) or an atomic rename.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .._files import make_private_dir
+from .._files import link_once, make_private_dir
 
 
 def _digest_of(path: Path) -> str | None:
@@ -61,13 +63,10 @@ class BlobDir:
                 dst.flush()
                 os.fsync(dst.fileno())
             os.chmod(tmp, 0o444)
-            try:
-                # Publish only if nobody else did meanwhile: a blob another writer
-                # just recorded (with its mtime) must stay the same file.
-                os.link(tmp, target)
-            except FileExistsError:
-                if _digest_of(target) != target.name:  # changed on disk: replace it
-                    os.replace(tmp, target)
+            # Publish only if nobody else did meanwhile: a blob another writer
+            # just recorded (with its mtime) must stay the same file.
+            if not link_once(tmp, target) and _digest_of(target) != target.name:
+                os.replace(tmp, target)  # changed on disk: replace it
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -87,6 +86,9 @@ class BlobDir:
         try:
             os.link(source, target)
         except OSError:
+            with contextlib.suppress(OSError):
+                if os.path.samefile(source, target):
+                    return  # linked after all (NFS: a retransmitted link says EEXIST)
             shutil.copyfile(source, target)
 
     def digests(self) -> set[str]:

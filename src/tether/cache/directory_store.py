@@ -4,6 +4,12 @@ Every write is a temporary file renamed into place (entries) or an exclusive cre
 (claims), so readers never see half a file and a crash loses nothing recorded.
 An entry's last use is its file's mtime. Suited to small caches and shared
 filesystems; the SQLite store is faster with many entries.
+
+Safe on NFS: nothing here takes a lock (``fcntl``, ``flock`` and ``lockf`` locks are
+unreliable over NFS, which is what makes SQLite unsafe there). First-writer-wins
+creates are a hard link of a finished temporary file (``_files.link_once``, which
+also recognises a retransmitted NFSv2/v3 ``link()`` that reports EEXIST although it
+succeeded); replacements are ``os.replace`` renames, atomic on NFS too.
 """
 
 from __future__ import annotations
@@ -16,12 +22,20 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .._files import make_private_dir, write_atomic
+from .._files import link_once, make_private_dir, write_atomic
 from .store import CacheEntry, CacheStore, Claim
 
 
 class DirectoryStore(CacheStore):
-    """Cache entries as files under ``root`` (``entries/``, ``inflight/``, ``blobs/``)."""
+    """Cache entries as files under ``root`` (``entries/``, ``inflight/``, ``blobs/``).
+
+    The store for a folder that several machines share (NFS, a cluster's home or
+    scratch file system): it takes no locks, creates files first-writer-wins by
+    hard links (an NFSv2/v3 retransmitted ``link()`` that reports EEXIST although
+    it succeeded is recognised by the temporary file's link count) and replaces
+    them by atomic renames. Processes on any machine that use the same ``root``
+    share entries, claims and blobs.
+    """
 
     kind: ClassVar[str] = "directory"
 
@@ -85,8 +99,8 @@ class DirectoryStore(CacheStore):
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
-            os.link(tmp, path)  # fails if an entry exists: the first recording wins
-        except FileExistsError:
+            if link_once(tmp, path):  # the first recording wins
+                return True
             if self._read(path) is not None:
                 return False
             write_atomic(path, data)  # the existing file is unreadable: replace it
@@ -130,14 +144,12 @@ class DirectoryStore(CacheStore):
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(body)  # a full disk fails here: no temp file is left
-            os.link(tmp, path)
-        except FileExistsError:
-            current = self._read_claim(key)
-            # A claim that vanished between the two looks: try again on the next call.
-            return current or Claim("", 0.0, None)
+            if link_once(tmp, path):
+                return None
         finally:
             os.unlink(tmp)
-        return None
+        # A claim that vanished between the two looks: try again on the next call.
+        return self._read_claim(key) or Claim("", 0.0, None)
 
     def set_record(self, key: str, owner: str, record: dict[str, Any]) -> None:
         """Rewrite ``owner``'s claim with the handle record (atomically)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -64,12 +65,19 @@ class QueueUnavailable(Exception):
     """squeue did not answer (controller down, command missing): nothing is known."""
 
 
-_throttles: dict[object, tuple[int, anyio.Semaphore]] = {}
+_throttles: weakref.WeakKeyDictionary[object, tuple[int, anyio.Semaphore]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def loop_key() -> object:
+    """This event loop (asyncio's loop, trio's token): a key that dies with the loop."""
+    return anyio.lowlevel.current_token().native_token
 
 
 def _throttle(limit: int) -> anyio.Semaphore:
-    """This event loop's bound on concurrent sbatch processes."""
-    token = anyio.lowlevel.current_token()
+    """This event loop's bound on concurrent sbatch (and scancel) processes."""
+    token = loop_key()
     known = _throttles.get(token)
     if known is None or known[0] != limit:
         known = (limit, anyio.Semaphore(limit))
@@ -145,9 +153,11 @@ async def squeue(ids: Iterable[str]) -> dict[str, QueueEntry]:
     return found
 
 
-async def scancel(job_id: str, *options: str) -> str | None:
-    """``scancel OPTIONS JOB_ID``; None when done, else what Slurm said."""
-    proc = await _run(["scancel", *options, job_id], _quiet_env())
+async def scancel(job_id: str, *options: str, limit: int) -> str | None:
+    """``scancel OPTIONS JOB_ID`` (at most ``limit`` at once, like sbatch); None when
+    done, else what Slurm said."""
+    async with _throttle(limit):
+        proc = await _run(["scancel", *options, job_id], _quiet_env())
     if proc.returncode == 0:
         return None
     return _said(proc)

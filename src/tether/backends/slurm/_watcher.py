@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from pathlib import Path
 import anyio
 import anyio.lowlevel
 
-from ._commands import QueueEntry, QueueUnavailable, squeue
+from ._commands import QueueEntry, QueueUnavailable, loop_key, squeue
 
 log = logging.getLogger("tether.slurm")
 
@@ -182,12 +183,12 @@ class _Lookup:
     failure: QueueUnavailable | None = None
 
 
-_watchers: dict[object, Watcher] = {}
+_watchers: weakref.WeakKeyDictionary[object, Watcher] = weakref.WeakKeyDictionary()
 
 
 def watcher(interval: float, interval_max: float) -> Watcher:
     """This event loop's watcher (made on first use, dropped when nothing is tracked)."""
-    token = anyio.lowlevel.current_token()
+    token = loop_key()
     found = _watchers.get(token)
     if found is None:
         # Its first query one interval from now: whoever made it has just asked.

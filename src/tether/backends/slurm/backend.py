@@ -160,7 +160,8 @@ class SlurmBackend(Backend[SlurmConfig]):
             own = [f"--job-name={job_name}", f"--output={pattern}", f"--array={array}"]
         own.append(f"--chdir={first if array is None else self._runs_dir()}")
         try:
-            write_atomic(script, render(config, members, timeout, options).encode(), mode=0o700)
+            text = render(config, members, timeout, [*own, *options])
+            write_atomic(script, text.encode(), mode=0o700)
         except OSError as exc:
             shutil.rmtree(first, ignore_errors=True)
             raise SubmitError(f"Cannot write the batch script '{script}': {exc}") from exc
@@ -215,7 +216,7 @@ class SlurmBackend(Backend[SlurmConfig]):
             return None
         job_id = None
         for found, _state, command in await cmd.find_by_name(run_dir.name):
-            if command.split(" ")[0] == str(script):
+            if command.strip() == str(script):  # the script takes no arguments
                 job_id = found
         if job_id is None:
             with contextlib.suppress(OSError):

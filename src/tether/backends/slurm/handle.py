@@ -70,6 +70,8 @@ class SlurmRunHandle(RunHandle):
         self._entry: QueueEntry | None = None
         #: When the job was first seen out of the queue with no outcome (monotonic).
         self._gone_since: float | None = None
+        #: When logs(follow=True) last asked the queue (monotonic).
+        self._logs_asked = 0.0
 
     @property
     def job_id(self) -> str:
@@ -87,7 +89,7 @@ class SlurmRunHandle(RunHandle):
         A record is input, not authority: a job is this run's only when it carries
         the run's job name and runs the run's batch script.
         """
-        if entry.name == self._job_name and entry.command.split(" ")[0] == str(self._script):
+        if entry.name == self._job_name and entry.command.strip() == str(self._script):
             return None
         return (
             f"job {self._job_id} is not this run's (named {entry.name!r}, expected "
@@ -259,7 +261,7 @@ class SlurmRunHandle(RunHandle):
             await anyio.sleep(step)
         if (self._dir / "exit.json").exists():
             return (await self.refresh()).is_terminal
-        if time.monotonic() - getattr(self, "_logs_asked", 0.0) >= self._slurm.poll_interval:
+        if time.monotonic() - self._logs_asked >= self._slurm.poll_interval:
             self._logs_asked = time.monotonic()
             return (await self.refresh()).is_terminal
         return False
@@ -284,7 +286,9 @@ class SlurmRunHandle(RunHandle):
         entry = await self._look()
         if entry is not None and entry.active and not entry.pending:
             # Running: the supervisor turns TERM into TERM-grace-KILL and records it.
-            await cmd.scancel(self._job_id, "--batch", "--signal=TERM")
+            await cmd.scancel(
+                self._job_id, "--batch", "--signal=TERM", limit=self._slurm.max_submits
+            )
             with anyio.move_on_after(self._slurm.cancel_grace + 10.0):
                 asked = time.monotonic()
                 while self._read_exit() is None:
@@ -295,7 +299,7 @@ class SlurmRunHandle(RunHandle):
                             break
         # Whatever is left (a pending job; a supervisor that did not answer): Slurm's
         # own cancel, which never runs a pending job and kills a running one.
-        said = await cmd.scancel(self._job_id)
+        said = await cmd.scancel(self._job_id, limit=self._slurm.max_submits)
         if said is not None and "already completing or completed" not in said:
             entry = await self._look()
             if entry is not None and entry.active:
@@ -323,12 +327,14 @@ class SlurmRunHandle(RunHandle):
             )
 
     async def _look(self) -> QueueEntry | None:
-        """The queue's entry for the job now (one squeue call for it alone)."""
+        """The queue's entry for the job now (None: not listed)."""
+        loop_watcher = _watcher.watcher(self._slurm.poll_interval, self._slurm.poll_interval_max)
         try:
-            listed = await cmd.squeue([_watcher.array_base(self._job_id)])
+            entry = await loop_watcher.lookup(self._job_id)  # shared by concurrent cancels
         except QueueUnavailable as exc:
             raise BackendError(f"cannot cancel job {self._job_id}: {exc}") from exc
-        entry = listed.get(self._job_id)
+        finally:
+            _watcher.release(loop_watcher)
         if entry is not None:
             if (why := self._not_ours(entry)) is not None:
                 self._finish(self._lost(why, self._submitted_at))
