@@ -30,11 +30,10 @@ from .. import _integrity as integrity
 from .. import _proc
 from .. import _worker as worker
 from .._files import default_runs_dir, write_atomic
+from .._outcome import failure_reason, supervised_result
 from .._runs import (
     check_inputs_reachable,
     chosen_run_id,
-    collect_outputs,
-    last_line,
     make_run_dir,
     stage_inputs,
     tail_lines,
@@ -42,14 +41,14 @@ from .._runs import (
 from .._shield import shielded_method
 from .._supervisor import cached_supervisor, supervisor_argv
 from ..backend import Backend
-from ..call import Call, call_argv, outcome_fields
+from ..call import Call, call_argv
 from ..capabilities import Availability
 from ..config import BackendConfig
 from ..errors import BackendUnavailableError, ConfigError, RecordError, SubmitError
 from ..handle import RunHandle, Stream, check_stream
 from ..job import Job
 from ..records import write_record
-from ..result import RunResult, RunState, utc_time
+from ..result import RunResult, RunState
 
 _CAPABILITIES = frozenset(
     {"detached", "reattach", "find", "cancel", "logs_follow", "commands", "calls", "timeout"}
@@ -476,44 +475,24 @@ class LocalRunHandle(RunHandle):
             state = RunState.SUCCEEDED
         else:
             state = RunState.FAILED
-            error = data.get("error") or self._failure_reason(code, stderr)
+            error = data.get("error") or failure_reason(code, stderr)
             if data.get("disk_full"):
                 error = (
                     f"{error}: no space left on device (the file system of '{self._dir}' "
                     "was full when the run ended)"
                 )
-        outputs: list[Path] = []
-        if self._job.outputs and self._dir.is_dir():
-            outputs = collect_outputs(self._job.outputs, self._cwd, self._dir)
-        called: dict[str, Any] = {}
-        if isinstance(self._job, Call) and reason == "exited":
-            called = outcome_fields(self._dir / worker.OUTCOME_FILE)
-            if called:
-                state = RunState.SUCCEEDED if called.pop("ok") else RunState.FAILED
-                error = called.pop("error")
-        return RunResult(
-            **called,
+        return supervised_result(
+            data,
+            state,
+            error,
             run_id=self.run_id,
-            state=state,
-            exit_code=code if isinstance(code, int) else None,
-            started_at=utc_time(data.get("started", self._started_at)),
-            ended_at=utc_time(data.get("ended")),
+            job=self._job,
+            run_dir=self._dir,
+            cwd=self._cwd,
+            started=self._started_at,
             stdout=stdout,
             stderr=stderr,
-            outputs=outputs,
-            error=error,
         )
-
-    @staticmethod
-    def _failure_reason(code: Any, stderr: Path | None) -> str:
-        if isinstance(code, int) and code < 0:
-            text = f"killed by signal {signal.Signals(-code).name}"
-        elif code == 127:
-            text = "exit code 127 (command not found?)"
-        else:
-            text = f"exit code {code}"
-        tail = last_line(stderr) if stderr else ""
-        return f"{text}: {tail}" if tail else text
 
     async def refresh(self) -> RunState:
         """Read the recorded exit status, or check that the supervisor still lives."""

@@ -18,11 +18,10 @@ from typing import Any, ClassVar
 
 import anyio
 
-from ... import _worker as worker
 from ..._files import write_json_once
-from ..._runs import collect_outputs, last_line, tail_lines
+from ..._outcome import failure_reason, supervised_result
+from ..._runs import last_line, tail_lines
 from ..._shield import shielded_method
-from ...call import Call, outcome_fields
 from ...config import BackendConfig
 from ...errors import BackendError
 from ...handle import RunHandle, Stream, check_stream
@@ -131,27 +130,18 @@ class SlurmRunHandle(RunHandle):
             state = RunState.SUCCEEDED
         else:
             state = RunState.FAILED
-            error = data.get("error") or _failure_reason(code, stderr)
-        outputs: list[Path] = []
-        if self._job.outputs and self._dir.is_dir():
-            outputs = collect_outputs(self._job.outputs, self._cwd, self._dir)
-        called: dict[str, Any] = {}
-        if isinstance(self._job, Call) and reason == "exited":
-            called = outcome_fields(self._dir / worker.OUTCOME_FILE)
-            if called:
-                state = RunState.SUCCEEDED if called.pop("ok") else RunState.FAILED
-                error = called.pop("error")
-        return RunResult(
-            **called,
+            error = data.get("error") or failure_reason(code, stderr)
+        return supervised_result(
+            data,
+            state,
+            error,
             run_id=self.run_id,
-            state=state,
-            exit_code=code if isinstance(code, int) else None,
-            started_at=utc_time(data.get("started", self._submitted_at)),
-            ended_at=utc_time(data.get("ended")),
+            job=self._job,
+            run_dir=self._dir,
+            cwd=self._cwd,
+            started=self._submitted_at,
             stdout=stdout,
             stderr=stderr,
-            outputs=outputs,
-            error=error,
         )
 
     def _no_outcome(self) -> RunResult:
@@ -387,20 +377,6 @@ class SlurmRunHandle(RunHandle):
             submitted_at=float(data["submitted_at"]),
             timeout=float(data["timeout"]),
         )
-
-
-def _failure_reason(code: Any, stderr: Path) -> str:
-    if isinstance(code, int) and code < 0:
-        try:
-            text = f"killed by signal {signal.Signals(-code).name}"
-        except ValueError:
-            text = f"killed by signal {-code}"
-    elif code == 127:
-        text = "exit code 127 (command not found?)"
-    else:
-        text = f"exit code {code}"
-    tail = last_line(stderr)
-    return f"{text}: {tail}" if tail else text
 
 
 class _NotOurs(Exception):
