@@ -245,10 +245,12 @@ class SlurmHarness(LocalHarness):
 
     def assert_nothing_running(self, handle: RunHandle) -> None:
         assert isinstance(handle, SlurmRunHandle)
-        # The run's supervisor recorded its end only once nothing of it ran; Slurm's
-        # own bookkeeping of the job's end follows within moments.
-        assert not _naming(str(handle.run_dir)), "the run's supervisor is alive"
+        # The run's supervisor recorded its end only once nothing of it ran; its own
+        # exit, and Slurm's bookkeeping of the job's end, follow within moments.
         deadline = time.monotonic() + 10
+        while _naming(str(handle.run_dir)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _naming(str(handle.run_dir)), "the run's supervisor is alive"
         while (states := slurm_jobs(handle.job_id)) and time.monotonic() < deadline:
             if set(states.values()) <= _SLURM_ENDED:
                 break
