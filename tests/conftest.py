@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from .cli_support import cli  # noqa: F401  (a fixture, shared by the CLI test modules)
+from .dask_support import dask_cluster, dask_service  # noqa: F401  (a real scheduler)
 from .plugin_env import nohup_plugin, nohup_plugin_site  # noqa: F401  (the example plugin)
 from .services import docker_engine, docker_service, slurm_service  # noqa: F401  (real services)
 

@@ -15,6 +15,7 @@ from tether import (
     BackendInfo,
     BackendUnavailableError,
     ConfigError,
+    DaskConfig,
     DockerConfig,
     DummyConfig,
     Job,
@@ -290,5 +291,6 @@ def test_simulated_backend_is_never_recommended(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(LocalConfig, "availability", classmethod(_unusable))
     monkeypatch.setattr(DockerConfig, "availability", classmethod(_unusable))
     monkeypatch.setattr(SlurmConfig, "availability", classmethod(_unusable))
+    monkeypatch.setattr(DaskConfig, "availability", classmethod(_unusable))
     with pytest.raises(BackendUnavailableError, match="local: disabled by the test"):
         tether.recommended_backend(Job(command="ls"))

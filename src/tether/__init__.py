@@ -10,6 +10,7 @@ from __future__ import annotations
 from ._version import __version__
 from .api import run, run_sync
 from .backend import Backend
+from .backends.dask import DaskBackend, DaskConfig, DaskRunHandle
 from .backends.docker import DockerBackend, DockerConfig, DockerRunHandle, PrunedContainer
 from .backends.dummy import DummyBackend, DummyConfig, DummyRunHandle
 from .backends.inline import InlineBackend, InlineConfig, InlineRunHandle
@@ -76,6 +77,9 @@ __all__ = [
     "Call",
     "CallError",
     "ConfigError",
+    "DaskBackend",
+    "DaskConfig",
+    "DaskRunHandle",
     "DirectoryStore",
     "DockerBackend",
     "DockerConfig",

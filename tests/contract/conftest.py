@@ -32,12 +32,15 @@ def harness(
 
     ``nohup`` is the third-party example plugin, installed once per session;
     ``docker`` needs the real engine and ``slurm*`` the real cluster (missing: skip
-    on a laptop, fail in CI).
+    on a laptop, fail in CI); ``*dask*`` a real scheduler and workers, which the
+    session starts (tests/dask_support.py).
     """
     if harness_name == "nohup":
         request.getfixturevalue("nohup_plugin")  # the example plugin, installed by pip
     if harness_name == "docker":
         request.getfixturevalue("docker_service")
+    if "dask" in harness_name:
+        request.getfixturevalue("dask_service")
     if harness_name.startswith("slurm"):
         request.getfixturevalue("slurm_service")
     monkeypatch.setenv("TETHER_SUPERVISOR", "python" if harness_name == "local-python" else "auto")

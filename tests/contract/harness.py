@@ -21,6 +21,8 @@ from tether import (
     CachedBackend,
     CachedRunHandle,
     Call,
+    DaskConfig,
+    DaskRunHandle,
     DockerConfig,
     DockerRunHandle,
     DummyConfig,
@@ -36,7 +38,9 @@ from tether import (
     SQLiteStore,
 )
 from tether._proc import is_running, session_members
+from tether.backends.dask.handle import read_started
 
+from ..dask_support import ADDRESS_VARIABLE, release_run
 from ..services import IMPORTED_IMAGE, docker_api, slurm_jobs
 from .call_target import contract_call
 
@@ -370,6 +374,59 @@ class InlineProcessesHarness(InlineHarness):
     mode = "processes"
 
 
+class DaskHarness(LocalHarness):
+    """Command jobs as tasks on a real external scheduler with two worker processes
+    (tests/dask_support.py; asyncio only: distributed's asynchronous client)."""
+
+    name = "dask"
+    loops = ("asyncio",)
+
+    def config(self, config_env: dict[str, Any] | None) -> DaskConfig:
+        return DaskConfig(
+            address=os.environ[ADDRESS_VARIABLE],
+            runs_dir=self.runs_dir,
+            env_vars=config_env or {},
+            cancel_grace=2,
+        )
+
+    def make(
+        self, *, lines=(), duration=0.0, exit_code=0, env=None, config_env=None, walltime=None
+    ):  # type: ignore[no-untyped-def]
+        # The same shell command as the local backend's, run on the worker by /bin/sh.
+        _, job = super().make(
+            lines=lines, duration=duration, exit_code=exit_code, env=env, walltime=walltime
+        )
+        return self.config(config_env).create(), job
+
+    def assert_nothing_running(self, handle: RunHandle) -> None:
+        assert isinstance(handle, DaskRunHandle) and handle.run_dir is not None
+        started = read_started(handle.run_dir)
+        if started is None or started["pid"] is None:
+            return  # the task never started anything
+        pid = started["pid"]
+        deadline = time.monotonic() + 5  # the task reaps its child just after reporting
+        while is_running(pid, None) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not is_running(pid, None), "the run's process is alive"
+        assert list(session_members(pid)) == [], "processes of the run still alive"
+
+    def lose(self, handle: RunHandle) -> None:
+        assert isinstance(handle, DaskRunHandle)
+        release_run(handle.address, handle.run_id)
+
+
+class DaskCallHarness(DaskHarness):
+    """``Call`` jobs on the scheduler, each in a child process of its worker."""
+
+    name = "dask-call"
+
+    def make(
+        self, *, lines=(), duration=0.0, exit_code=0, env=None, config_env=None, walltime=None
+    ):  # type: ignore[no-untyped-def]
+        backend = self.config(config_env).create()
+        return backend, _contract_call(lines, duration, exit_code, env, walltime)
+
+
 class CachedHarness(Harness):
     """A backend wrapped in CachedBackend (SQLite store in the test's folder): every
     contract test is a miss, run by the inner backend and shared through the store."""
@@ -399,6 +456,12 @@ class CachedLocalHarness(CachedHarness):
     inner = LocalHarness
 
 
+class CachedDaskHarness(CachedHarness):
+    name = "cached-dask"
+    inner = DaskHarness
+    loops = ("asyncio",)
+
+
 class CachedDummyHarness(CachedHarness):
     name = "cached-dummy"
     inner = DummyHarness
@@ -413,9 +476,12 @@ HARNESSES: dict[str, type[Harness]] = {
     "inline-processes": InlineProcessesHarness,
     "dummy": DummyHarness,
     "docker": DockerHarness,
+    "dask": DaskHarness,
+    "dask-call": DaskCallHarness,
     "slurm": SlurmHarness,
     "slurm-call": SlurmCallHarness,
     "cached-local": CachedLocalHarness,
     "cached-dummy": CachedDummyHarness,
+    "cached-dask": CachedDaskHarness,
     "nohup": NohupHarness,
 }

@@ -1,0 +1,364 @@
+"""The Dask backend on a real scheduler and worker processes (tests/dask_support.py),
+and on an embedded LocalCluster; the contract suite runs on it too (harness.py)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+from pydantic import ValidationError
+
+import tether
+from tether import BackendUnavailableError, Call, DaskConfig, DaskRunHandle, Job, RunState
+from tether._proc import is_running, session_members
+from tether.backends.dask import close_embedded
+from tether.backends.dask.handle import read_started
+
+from .calls_support import fail, square
+from .conftest import run_python
+
+pytestmark = pytest.mark.dask
+
+#: Starts a grandchild that ignores TERM, in the run's process group: only KILL ends it.
+STUBBORN = "sh -c 'trap \"\" TERM; echo started; sleep 60' & wait"
+
+
+def _config(address: str, tmp_path: Path, **extra: object) -> DaskConfig:
+    return DaskConfig(address=address, runs_dir=tmp_path / "runs", cancel_grace=1, **extra)
+
+
+# -- config -------------------------------------------------------------------------
+
+
+def test_config_fields_and_refusals() -> None:
+    config = DaskConfig(address="127.0.0.1:8786", resources={"GPU": 1})
+    assert config.address == "tcp://127.0.0.1:8786"
+    assert config.call_mode == "process"
+    with pytest.raises(ValidationError, match="embedded cluster"):
+        DaskConfig(address="tcp://127.0.0.1:8786", n_workers=2)
+    with pytest.raises(ValidationError, match="scheduler address"):
+        DaskConfig(address="tcp://a b")
+    with pytest.raises(ValidationError, match="positive"):
+        DaskConfig(resources={"GPU": 0})
+    assert "address" not in config.cache_fields()  # where it ran never changes a result
+
+
+def test_missing_extra_names_the_pip_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "distributed" else real(name, *a),
+    )
+    found = DaskConfig.availability()
+    assert not found and "pip install 'tether[dask]'" in found.reason
+
+
+def test_import_tether_does_not_import_distributed() -> None:
+    seen = run_python(
+        "import json, sys, tether\n"
+        "print(json.dumps({'loaded': sorted(m for m in sys.modules if m.startswith("
+        "('distributed', 'dask.')))}))"
+    )
+    assert seen["loaded"] == []
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_trio_is_refused_clearly(anyio_backend: str, tmp_path: Path) -> None:
+    backend = _config("tcp://127.0.0.1:1", tmp_path).create()
+    with pytest.raises(BackendUnavailableError, match="asyncio only"):
+        await backend.submit(Job(name="x", command="true"))
+
+
+# -- the external scheduler ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_check_says_why_a_scheduler_is_unusable(
+    anyio_backend: str, dask_service: str, tmp_path: Path
+) -> None:
+    assert await _config(dask_service, tmp_path).create().check()
+    dead = DaskConfig(address="tcp://127.0.0.1:9", connect_timeout=1).create()
+    found = await dead.check()
+    assert not found and "tcp://127.0.0.1:9" in found.reason and "did not answer" in found.reason
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_cancel_kills_the_whole_process_group(
+    anyio_backend: str, dask_service: str, tmp_path: Path
+) -> None:
+    backend = _config(dask_service, tmp_path).create()
+    handle = await backend.submit(Job(name="stubborn", command=STUBBORN))
+    lines = handle.logs(follow=True)
+    assert await anext(lines) == "started"  # streamed while the run goes on
+    await lines.aclose()
+    started = read_started(handle.run_dir)  # type: ignore[arg-type]
+    assert started is not None
+    members = list(session_members(started["pid"]))
+    assert len(members) >= 2  # the shell and its stubborn child
+    began = time.monotonic()
+    await handle.cancel()
+    assert handle.state is RunState.CANCELLED
+    assert time.monotonic() - began < 8  # TERM, one second of grace, KILL
+    assert list(session_members(started["pid"])) == []
+    assert not any(is_running(pid, None) for pid in members)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_calls_return_values_and_exceptions(
+    anyio_backend: str, dask_service: str, tmp_path: Path
+) -> None:
+    for mode in ("process", "thread"):
+        backend = _config(dask_service, tmp_path, call_mode=mode).create()
+        handle = await backend.submit(Call(square, 7))
+        result = await handle.wait(60)
+        assert result.ok and result.value == 49, (mode, result)
+        failed = await backend.submit(Call(fail, "kaput"))
+        with pytest.raises(ValueError, match="kaput"):
+            await failed.result()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_thread_call_timeout_abandons_the_call(
+    anyio_backend: str, dask_service: str, tmp_path: Path
+) -> None:
+    from .contract.call_target import contract_call
+
+    backend = _config(dask_service, tmp_path, call_mode="thread").create()
+    call = Call(contract_call, [], 3.0, 0).options(resources={"walltime": 0.5})
+    result = await (await backend.submit(call)).wait(30)
+    assert result.state is RunState.TIMED_OUT
+    assert "abandoned" in (result.error or "")
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_forget_releases_the_run(
+    anyio_backend: str, dask_service: str, tmp_path: Path
+) -> None:
+    backend = _config(dask_service, tmp_path).create()
+    handle = await backend.submit(Job(name="kept", command="echo kept"))
+    await handle.wait(60)
+    path = await handle.save(tmp_path / "h.json")
+    again = await tether.load_handle(path)
+    assert (await again.refresh()) is RunState.SUCCEEDED  # kept by the scheduler
+    await handle.forget()
+    gone = await tether.load_handle(path)
+    assert (await gone.refresh()) is RunState.LOST
+    result = await gone.wait()
+    assert "does not know" in (result.error or "")
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_cancel_of_a_run_no_worker_can_take(
+    anyio_backend: str, dask_service: str, tmp_path: Path
+) -> None:
+    backend = _config(dask_service, tmp_path, resources={"NO-SUCH-THING": 1}).create()
+    handle = await backend.submit(Job(name="waits", command="echo never"))
+    await anyio.sleep(0.3)
+    assert (await handle.refresh()) is RunState.PENDING  # no worker has that resource
+    began = time.monotonic()
+    await handle.cancel()
+    assert handle.state is RunState.CANCELLED and time.monotonic() - began < 3
+    path = await handle.save(tmp_path / "h.json")
+    assert (await (await tether.load_handle(path)).refresh()) is RunState.CANCELLED
+    assert read_started(handle.run_dir) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_missing_command_fails_the_run(
+    anyio_backend: str, dask_service: str, tmp_path: Path
+) -> None:
+    backend = _config(dask_service, tmp_path).create()
+    result = await (await backend.submit(Job(name="nope", command=["no-such-cmd-xyz"]))).wait(60)
+    assert result.state is RunState.FAILED and result.exit_code == 127
+
+
+# -- the embedded cluster -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_embedded_cluster_runs_and_ends_with_its_process(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    config = DaskConfig(n_workers=1, threads_per_worker=2, runs_dir=tmp_path / "runs")
+    backend = config.create()
+    try:
+        handle = await backend.submit(Job(name="here", command="echo embedded"))
+        result = await handle.wait(60)
+        assert result.ok and await result.read_stdout() == "embedded\n"
+        call = await backend.submit(Call(square, 5))
+        assert (await call.result()).value == 25
+        path = await handle.save(tmp_path / "h.json")
+        same = await tether.load_handle(path)  # this process re-attaches
+        assert isinstance(same, DaskRunHandle)
+        assert (await same.refresh()) is RunState.SUCCEEDED
+        seen = await anyio.to_thread.run_sync(
+            run_python,
+            "import json, sys, anyio, tether\n"
+            "async def main():\n"
+            "    h = await tether.load_handle(sys.argv[1])\n"
+            "    r = await h.wait(30)\n"
+            "    print(json.dumps({'state': r.state.value, 'error': r.error}))\n"
+            "anyio.run(main)\n",
+            str(path),
+        )
+        assert seen["state"] == "LOST" and "embedded" in seen["error"]
+    finally:
+        await close_embedded()
+    assert os.getpid()  # the cluster is closed; nothing of it outlives the test
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_ensemble_on_dask_matches_inline(
+    anyio_backend: str, dask_service: str, tmp_path: Path
+) -> None:
+    pytest.importorskip("numpy")
+    from tether import Ensemble, InlineConfig, map_calls
+
+    from . import calls_support as cs
+
+    dask = _config(dask_service, tmp_path)
+    ensemble = Ensemble(cs.mc_worker, 6, seed=1234, args=(0.5,))
+    assert await ensemble.run(dask) == await ensemble.run(InlineConfig())
+    assert await map_calls(cs.square, range(5), backend=dask) == [0, 1, 4, 9, 16]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_find_by_chosen_run_id(anyio_backend: str, dask_service: str, tmp_path: Path) -> None:
+    backend = _config(dask_service, tmp_path).create()
+    job = Job(name="found", command="echo found")
+    assert await backend.find(job, "step-1-abc") is None
+    handle = await backend.submit(job, run_id="step-1-abc")
+    assert handle.run_id == "step-1-abc"
+    with pytest.raises(tether.SubmitError, match="taken"):
+        await backend.submit(job, run_id="step-1-abc")
+    assert handle.run_dir is not None
+    (handle.run_dir / "handle.json").unlink()  # the submitter died before its record
+    found = await backend.find(job, "step-1-abc")
+    assert found is not None and found.run_id == "step-1-abc"
+    assert (await found.wait(60)).ok
+    assert (handle.run_dir / "handle.json").is_file()
+    again = await backend.find(job, "step-1-abc")  # from the record now
+    assert again is not None and (await again.wait(60)).ok
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_pipeline_and_cache_over_dask(
+    anyio_backend: str, dask_service: str, tmp_path: Path
+) -> None:
+    from tether import CachedBackend, Pipeline, SQLiteStore, Step
+
+    from . import pipeline_support as ps
+
+    config = _config(dask_service, tmp_path)
+    a = Step("a", Call(ps.add, 2, 3))
+    b = Step("b", Call(ps.add, a.value, 1))
+    result = await Pipeline([a, b], backend=config).run(state=tmp_path / "state.json")
+    assert result.success, result.failed()
+    assert result.value("b") == 6
+
+    cached = CachedBackend(config.create(), SQLiteStore(tmp_path / "cache.sqlite"))
+    first = await (await cached.submit(Call(square, 9))).wait(60)
+    hit = await cached.submit(Call(square, 9))
+    assert first.value == (await hit.wait(60)).value == 81
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_dead_worker_loses_the_run_and_leaves_nothing(
+    anyio_backend: str, dask_service: str, tmp_path: Path
+) -> None:
+    """A worker SIGKILLed mid-run: Dask runs the task again elsewhere, which ends what
+    the first attempt left and reports LOST instead of running the job twice."""
+    import signal
+
+    from .dask_support import start_worker, stop_processes
+
+    first = start_worker(dask_service, tmp_path / "w1.log", resources="SACRIFICE=1")
+    workers = [first]
+    try:
+        await anyio.to_thread.run_sync(wait_for_resource, dask_service, 1)
+        config = _config(dask_service, tmp_path, resources={"SACRIFICE": 1})
+        handle = await config.create().submit(Job(name="doomed", command="sleep 60"))
+        assert handle.run_dir is not None
+        while (started := read_started(handle.run_dir)) is None:  # noqa: ASYNC110
+            await anyio.sleep(0.05)
+        os.kill(first.pid, signal.SIGKILL)
+        workers.append(start_worker(dask_service, tmp_path / "w2.log", resources="SACRIFICE=1"))
+        result = await handle.wait(60)
+        assert result.state is RunState.LOST and "worker" in (result.error or "")
+        assert list(session_members(started["pid"])) == []
+    finally:
+        stop_processes(workers)
+
+
+def wait_for_resource(address: str, count: int) -> None:
+    from distributed import Client
+
+    with Client(address, timeout=30) as client:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            info = client.scheduler_info()["workers"].values()
+            if sum(1 for w in info if "SACRIFICE" in w.get("resources", {})) >= count:
+                return
+            time.sleep(0.1)
+    raise AssertionError("the sacrificial worker did not join")
+
+
+def _self_signed(where: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (its own CA) and its key."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = where / "cert.pem", where / "key.pem"
+    request = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    names = ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+    subprocess.run(
+        [*request, "-keyout", str(key), "-out", str(cert), *names],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_tls_scheduler(anyio_backend: str, tmp_path: Path) -> None:
+    import json
+
+    from .dask_support import start_process, stop_processes
+
+    cert, key = _self_signed(tmp_path)
+    tls = ["--tls-ca-file", str(cert), "--tls-cert", str(cert), "--tls-key", str(key)]
+    scheduler_file = tmp_path / "scheduler.json"
+    scheduler = ["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0"]
+    options = ["--protocol", "tls", "--no-dashboard", "--scheduler-file", str(scheduler_file)]
+    procs = [start_process([*scheduler, *options, *tls], tmp_path / "scheduler.log")]
+    try:
+        with anyio.fail_after(30):
+            while not scheduler_file.exists():  # noqa: ASYNC110
+                await anyio.sleep(0.1)
+        address = json.loads(scheduler_file.read_text())["address"]
+        assert address.startswith("tls://")
+        worker = ["distributed.cli.dask_worker", address, "--host", "127.0.0.1", "--no-nanny"]
+        procs.append(start_process([*worker, "--no-dashboard", *tls], tmp_path / "worker.log"))
+        config = DaskConfig(
+            address=address,
+            runs_dir=tmp_path / "runs",
+            tls_ca_file=cert,
+            tls_cert=cert,
+            tls_key=key,
+        )
+        result = await (await config.create().submit(Job(name="tls", command="echo safe"))).wait(60)
+        assert result.ok and await result.read_stdout() == "safe\n"
+        plain = DaskConfig(address=address.replace("tls://", "tcp://"), connect_timeout=2)
+        assert not await plain.create().check()
+        with pytest.raises(ValidationError, match="tls_cert, tls_key"):
+            DaskConfig(address=address, tls_ca_file=cert)
+    finally:
+        stop_processes(procs)
