@@ -48,7 +48,7 @@ def bench(session: nox.Session) -> None:
     takes about two minutes.
     """
     # joblib is only a contender in the inline bench, never a dependency of tether.
-    session.install("-e", ".[docker,numpy]", "joblib")
+    session.install("-e", ".[docker,dask,numpy]", "joblib")
     # Throughput first: the wait bench deletes 400 run folders at its end, and on
     # ext4 without a journal creating inodes right after mass deletion is slow.
     benches = [
@@ -59,6 +59,7 @@ def bench(session: nox.Session) -> None:
         ["bench/inline_bench.py"],
         ["bench/pipeline_bench.py"],
         ["bench/slurm_bench.py"],
+        ["bench/dask_bench.py"],
     ]
     # Every bench runs, even after one misses its bar (a slow disk must not hide the
     # other figures); the session fails at the end if any missed.
