@@ -103,10 +103,28 @@ async def test_cancel_kills_the_whole_process_group(
     assert len(members) >= 2  # the shell and its stubborn child
     began = time.monotonic()
     await handle.cancel()
-    assert handle.state is RunState.CANCELLED
+    assert handle.state is RunState.CANCELLED, handle.last_result
     assert time.monotonic() - began < 8  # TERM, one second of grace, KILL
     assert list(session_members(started["pid"])) == []
     assert not any(is_running(pid, None) for pid in members)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_cancel_stops_a_daemonised_descendant_too(
+    anyio_backend: str, dask_service: str, tmp_path: Path
+) -> None:
+    # A child in a session of its own escapes a process-group kill; the supervisor,
+    # its subreaper, still stops it.
+    command = "setsid sleep 300 & echo $! > daemon.pid; echo started; sleep 300"
+    handle = await _config(dask_service, tmp_path).create().submit(Job(name="d", command=command))
+    lines = handle.logs(follow=True)
+    assert await anext(lines) == "started"
+    await lines.aclose()
+    daemon = int((handle.run_dir / "daemon.pid").read_text())  # type: ignore[operator]
+    assert is_running(daemon, None)
+    await handle.cancel()
+    assert handle.state is RunState.CANCELLED
+    assert not is_running(daemon, None), "the daemonised sleep escaped the cancel"
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])

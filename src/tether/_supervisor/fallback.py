@@ -151,14 +151,16 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGALRM, on_alarm)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, on_cancel)
+    # The gate first, before this process opens any file: started without one (fd 3
+    # closed), a new pipe would take fd 3 and be mistaken for it.
+    if not _gate_open(run_dir):
+        return 4
     # Handlers run between bytecodes; the wakeup pipe makes them end a select().
+    # (The signals stay blocked until the command is started.)
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
     os.set_blocking(wake_read, False)
     signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
-
-    if not _gate_open(run_dir):
-        return 4
     started = time.time()
     reserve = _make_reserve(run_dir)
     if ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:

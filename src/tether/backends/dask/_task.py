@@ -1,12 +1,14 @@
 """The Dask task of every run: what executes on a worker, and watches itself.
 
 A worker's thread runs :func:`run_task`. A command job (or a ``Call`` in
-``call_mode="process"``, by tether's worker module) runs as a subprocess in a
-session of its own, writing ``stdout``/``stderr`` into the run folder. The task
-polls, about every 0.1 s, for the end of the subprocess, the run's timeout, the
-run's cancel event (``tether-cancel-<run id>``, which any client can set) and for
-the scheduler having released the task; on any of the last three it stops the
-subprocess's whole process group (TERM, then KILL after the grace).
+``call_mode="process"``, by tether's worker module) runs under tether's run
+supervisor (the local backend's pure-Python one) in a session of its own, writing
+``stdout``/``stderr`` into the run folder; the supervisor enforces the run's
+timeout. The task polls, about every 0.1 s, for the supervisor's end, the run's
+cancel event (``tether-cancel-<run id>``, which any client can set) and for the
+scheduler having released the task; on either of the last two it TERMs the
+supervisor, which stops every descendant of the run (TERM, then KILL after the
+grace), daemonised ones included.
 
 The task returns the run's outcome (reason, exit code, times and a Call's
 outcome pickle), which the scheduler keeps for re-attaching clients; the same
@@ -82,7 +84,19 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
     return _run_process(spec, watch, started)
 
 
+def _supervisor() -> list[str]:
+    """tether's pure-Python run supervisor, run by this worker's Python (stdlib only)."""
+    script = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "_supervisor", "fallback.py"
+    )
+    return [sys.executable, "-I", "-S", script]
+
+
 def _run_process(spec: dict[str, Any], watch: _Watch, started: float) -> dict[str, Any]:
+    """The run under tether's supervisor (the local backend's): it runs the command in
+    the run folder's terms, enforces the timeout, turns a TERM into TERM-then-KILL of
+    every descendant (it is their subreaper, so a daemonising child cannot escape) and
+    records ``exit.json`` once nothing of the run is left."""
     run_dir = spec["run_dir"]
     if spec.get("payload") is not None:
         worker._write_atomic(os.path.join(run_dir, worker.PAYLOAD_FILE), spec["payload"])
@@ -90,52 +104,66 @@ def _run_process(spec: dict[str, Any], watch: _Watch, started: float) -> dict[st
     if os.path.exists(started_file):
         # An earlier attempt started the run, and its worker died (Dask runs the task
         # again elsewhere): end what is left of that attempt, and never run it twice.
-        _end_earlier_attempt(started_file, spec["run_id"])
+        _end_earlier_attempt(started_file, spec["run_id"], spec["grace"])
         return _outcome(spec, "worker-lost", None, None, started)
     env = {**os.environ, **spec["env"], "TETHER_RUN_ID": spec["run_id"], "TETHER_RUN_DIR": run_dir}
-    try:
-        with (
-            open(os.path.join(run_dir, "stdout"), "wb") as out,
-            open(os.path.join(run_dir, "stderr"), "wb") as err,
-        ):
-            proc = subprocess.Popen(
-                spec["argv"] or [sys.executable, "-P", worker.__file__, run_dir],
-                cwd=spec["cwd"],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-            )
-    except OSError as exc:
-        # A command that does not exist fails the run, like any exit code.
-        with open(os.path.join(run_dir, "stderr"), "a") as err_text:
-            err_text.write(f"{exc}\n")
-        code = 127 if isinstance(exc, FileNotFoundError) else 126
-        return _outcome(spec, "exited", code, None, started, error=f"cannot start: {exc}")
+    argv = spec["argv"] or [sys.executable, "-P", worker.__file__, run_dir]
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(run_dir, "exit.json"))
+    proc = subprocess.Popen(
+        [
+            *_supervisor(),
+            run_dir,
+            spec["cwd"],
+            repr(float(spec["timeout"])),
+            repr(float(spec["grace"])),
+            "1",
+            *argv,
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,  # the worker's own signals never reach the run
+    )
     _write_json(started_file, {"pid": proc.pid, "started": started})
-    deadline = started + spec["timeout"]
-    reason: str | None = None
+    released = False
+    stopping = False
     while proc.poll() is None:
-        if time.time() >= deadline:
-            reason = "timeout"
-        elif watch.cancelled(POLL):
-            reason = "cancelled"
-        elif watch.released():
-            reason = "released"
-        if reason is not None:
-            _stop_group(proc, spec["grace"])
-            break
-    code = proc.wait()
-    _kill_group(proc.pid)  # what the run left behind in its session goes too
+        if not stopping and (watch.cancelled(POLL) or (released := watch.released())):
+            stopping = True  # the supervisor stops the whole tree and records it
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        elif stopping:
+            time.sleep(POLL)
+    try:
+        with open(os.path.join(run_dir, "exit.json")) as handle:
+            recorded = json.load(handle)
+    except (OSError, ValueError):
+        if stopping:
+            # Our TERM reached the supervisor before its handlers (it was starting up):
+            # it died, and it had not started the command yet.
+            recorded = {"reason": "cancelled", "exit_code": None, "error": None}
+        else:
+            recorded = {"reason": "exited", "exit_code": None, "error": "the run's supervisor died"}
+    reason = "released" if released else str(recorded.get("reason", "exited"))
+    if reason == "exec_failed":
+        reason = "exited"  # a command that does not exist fails the run, like any exit code
+    code = recorded.get("exit_code")
+    sig = recorded.get("signal")
     outcome_path = os.path.join(run_dir, worker.OUTCOME_FILE)
     pickled = None
-    if spec.get("payload") is not None and reason is None and os.path.exists(outcome_path):
-        with open(outcome_path, "rb") as handle:
-            pickled = handle.read()
-    exit_code = code if code >= 0 else None
-    sig = -code if code < 0 else None
-    return _outcome(spec, reason or "exited", exit_code, sig, started, outcome=pickled)
+    if spec.get("payload") is not None and reason == "exited" and os.path.exists(outcome_path):
+        with open(outcome_path, "rb") as handle_bin:
+            pickled = handle_bin.read()
+    exit_code = code if isinstance(code, int) and code >= 0 else None
+    return _outcome(
+        spec,
+        reason,
+        exit_code,
+        sig if isinstance(sig, int) else None,
+        float(recorded.get("started", started)),
+        outcome=pickled,
+        error=recorded.get("error"),
+    )
 
 
 def _run_in_thread(spec: dict[str, Any], watch: _Watch, started: float) -> dict[str, Any]:
@@ -167,33 +195,24 @@ def _run_in_thread(spec: dict[str, Any], watch: _Watch, started: float) -> dict[
     return _outcome(spec, "exited", code, None, started, outcome=pickled)
 
 
-def _end_earlier_attempt(started_file: str, run_id: str) -> None:
-    """KILL the process group an earlier attempt recorded, once proven to be the run's
-    own (its leader's environment names the run): a record is input, not authority."""
+def _end_earlier_attempt(started_file: str, run_id: str, grace: float) -> None:
+    """Stop the supervisor an earlier attempt recorded (it ends its whole tree), once
+    proven to be the run's own (its environment names the run): a record is input,
+    not authority."""
     try:
         with open(started_file) as handle:
-            pid = json.load(handle).get("pid")
-        with open(f"/proc/{int(pid)}/environ", "rb") as environ:
+            pid = int(json.load(handle).get("pid"))
+        with open(f"/proc/{pid}/environ", "rb") as environ:
             ours = f"TETHER_RUN_ID={run_id}".encode() in environ.read().split(b"\0")
     except (OSError, ValueError, TypeError, AttributeError):
         return  # gone already, or nothing to prove it by
-    if ours:
-        _kill_group(int(pid))
-
-
-def _stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
-    """TERM the run's process group; KILL it if the leader is not gone after ``grace``."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc.pid)
-
-
-def _kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+    if not ours:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.time() + grace + 10
+    while os.path.exists(f"/proc/{pid}") and time.time() < deadline:
+        time.sleep(POLL)
 
 
 def _outcome(
