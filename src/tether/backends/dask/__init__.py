@@ -8,10 +8,11 @@ process re-attaches with ``load_handle`` by connecting to the saved address.
 The outcome stays on the scheduler until ``await handle.forget()`` (or until
 the scheduler restarts: the run is then LOST, with the reason).
 
-On the worker the task runs the job as a subprocess in a session of its own
-(a ``Call`` by tether's worker module, unless ``call_mode="thread"``), enforces
-the run's timeout itself and watches the run's cancel event, so cancels and
-timeouts really stop the work, with nobody attached (see ``_task``).
+On the worker the task runs the job under tether's run supervisor (a ``Call``
+by tether's worker module, unless ``call_mode="thread"``), which enforces the
+run's timeout, and watches the run's cancel event, so cancels and timeouts
+really stop the work and everything it started, with nobody attached (see
+``_task``).
 
 The run folder (``runs_dir``) holds the run's stdout and stderr, written by the
 worker: it must be on a file system the workers share with the submitter, as

@@ -235,8 +235,9 @@ class DaskRunHandle(RunHandle):
     @shielded_method
     async def cancel(self) -> None:
         """Stop the run: set its cancel event, which the task on the worker watches
-        (TERM to the process group, KILL after ``cancel_grace``); a task that does not
-        answer in time, or that no worker has taken yet, is cancelled on the scheduler
+        (TERM to the run's supervisor, which stops its whole tree, KILL after
+        ``cancel_grace``); a task that does not answer in time, or that no worker
+        has taken yet, is cancelled on the scheduler
         (and unpublished). Idempotent and shielded; works from any client (a
         re-attached handle too). The event stays set until :meth:`forget`, so that a
         late copy of the task (after a worker's death) never starts the work."""
