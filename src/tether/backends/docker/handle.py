@@ -244,6 +244,12 @@ class DockerRunHandle(RunHandle):
         if data.get("oom_killed"):
             limit = self._job.resources.memory or self._docker.memory
             text = f"killed: out of memory (limit {limit})"
+        elif code == 137 and (limit := self._job.resources.memory or self._docker.memory):
+            # The engine's OOMKilled flag can miss a kill on a busy machine (cgroup v2).
+            text = (
+                f"exit code 137 (killed by SIGKILL: likely out of memory (limit {limit}), "
+                "though the engine did not say)"
+            )
         elif code == 137:
             text = "exit code 137 (killed by SIGKILL)"
         elif code == 127:
