@@ -336,15 +336,24 @@ class DockerRunHandle(RunHandle):
                         await eng.wait_exit(client, self._container_id)
             # Ended (refresh records it) or past the deadline (refresh stops it).
         assert self._result is not None
-        if self._result.state is not RunState.LOST and self._docker.remove_container:
-            # Recorded by another process (the watchdog) that may not have removed the
-            # container yet: a waiter returns once nothing of the run is left.
-            async with eng.engine(self._docker.docker_host) as client:
-                with contextlib.suppress(_NotOurs), anyio.move_on_after(_STOP_WAIT):
-                    while await self._own(client) is not None:
-                        await eng.remove(client, self._container_id, force=True)
-                        await anyio.sleep(0.05)  # another process's removal in progress
+        await self._await_removed()
         return self._result
+
+    async def _await_removed(self) -> None:
+        """Return once the recorded run's container is gone (when it is to be removed).
+
+        Recorded by another process (the watchdog) that may not have removed the
+        container yet: waiters and cancel return once nothing of the run is left.
+        """
+        if self._result is None or self._result.state is RunState.LOST:
+            return
+        if not self._docker.remove_container:
+            return
+        async with eng.engine(self._docker.docker_host) as client:
+            with contextlib.suppress(_NotOurs), anyio.move_on_after(_STOP_WAIT):
+                while await self._own(client) is not None:
+                    await eng.remove(client, self._container_id, force=True)
+                    await anyio.sleep(0.05)  # another process's removal in progress
 
     # -- acting ------------------------------------------------------------------------
 
@@ -359,6 +368,7 @@ class DockerRunHandle(RunHandle):
         async with eng.engine(self._docker.docker_host) as client:
             await self._stop(client, "cancelled")
         await self.refresh()
+        await self._await_removed()
 
     async def logs(
         self, stream: Stream = "stdout", *, follow: bool = False
