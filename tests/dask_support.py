@@ -53,36 +53,41 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+def start_scheduler(where: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A scheduler on a free loopback port (its log in ``where``), and its address."""
+    scheduler_file = where / "scheduler.json"
+    proc = _start(
+        [
+            "distributed.cli.dask_scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--scheduler-file",
+            str(scheduler_file),
+        ],
+        where / "scheduler.log",
+    )
+    deadline = time.monotonic() + 60
+    while not scheduler_file.exists() and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    if not scheduler_file.exists():
+        _stop([proc])
+        pytest.fail(f"dask scheduler did not start: {(where / 'scheduler.log').read_text()}")
+    return proc, json.loads(scheduler_file.read_text())["address"]
+
+
 @pytest.fixture(scope="session")
 def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The address of a real scheduler with two worker processes."""
     pytest.importorskip("distributed")
     where = tmp_path_factory.mktemp("dask")
-    scheduler_file = where / "scheduler.json"
-    procs = [
-        _start(
-            [
-                "distributed.cli.dask_scheduler",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--no-dashboard",
-                "--scheduler-file",
-                str(scheduler_file),
-            ],
-            where / "scheduler.log",
-        )
-    ]
+    scheduler, address = start_scheduler(where)
+    procs = [scheduler]
     try:
-        deadline = time.monotonic() + 60
-        while not scheduler_file.exists() and time.monotonic() < deadline:
-            if procs[0].poll() is not None:
-                break
-            time.sleep(0.1)
-        if not scheduler_file.exists():
-            pytest.fail(f"dask scheduler did not start: {(where / 'scheduler.log').read_text()}")
-        address = json.loads(scheduler_file.read_text())["address"]
         for index in range(WORKERS):
             procs.append(
                 _start(
@@ -101,14 +106,14 @@ def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                     where / f"worker-{index}.log",
                 )
             )
-        _await_workers(address, WORKERS)
+        await_workers(address, WORKERS)
         yield address
     finally:
         _stop(procs[1:])
         _stop(procs[:1])
 
 
-def _await_workers(address: str, count: int) -> None:
+def await_workers(address: str, count: int) -> None:
     code = (
         "import sys; from distributed import Client\n"
         "with Client(sys.argv[1], timeout=30) as c: c.wait_for_workers(int(sys.argv[2]), 60)\n"
@@ -124,7 +129,9 @@ def _await_workers(address: str, count: int) -> None:
         missing(f"dask workers did not join {address}: {done.stderr[-2000:]}")
 
 
-def start_worker(address: str, log: Path, *, resources: str) -> subprocess.Popen[bytes]:
+def start_worker(
+    address: str, log: Path, *, resources: str, threads: int = 1
+) -> subprocess.Popen[bytes]:
     """One more worker (no nanny) with ``resources`` ("NAME=1"), for a test of its own."""
     return _start(
         [
@@ -133,7 +140,7 @@ def start_worker(address: str, log: Path, *, resources: str) -> subprocess.Popen
             "--host",
             "127.0.0.1",
             "--nthreads",
-            "1",
+            str(threads),
             "--no-nanny",
             "--no-dashboard",
             "--resources",

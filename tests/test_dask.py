@@ -380,3 +380,102 @@ async def test_tls_scheduler(anyio_backend: str, tmp_path: Path) -> None:
             DaskConfig(address=address, tls_ca_file=cert)
     finally:
         stop_processes(procs)
+
+
+# -- a scheduler or an owner that dies --------------------------------------------------
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_dead_scheduler_is_no_answer(anyio_backend: str, tmp_path: Path) -> None:
+    """The scheduler SIGKILLed mid-run: refresh() keeps the last state, and wait() gives
+    the run's end from its folder (the worker's supervisor records it there)."""
+    pytest.importorskip("distributed")
+    import signal
+
+    from .dask_support import await_workers, start_scheduler, start_worker, stop_processes
+
+    scheduler, address = await anyio.to_thread.run_sync(start_scheduler, tmp_path)
+    procs = [scheduler, start_worker(address, tmp_path / "w.log", resources="ANY=1", threads=3)]
+    try:
+        await anyio.to_thread.run_sync(await_workers, address, 1)
+        config = _config(address, tmp_path, connect_timeout=2)
+        job = Job(name="outlives", command=["sh", "-c", "sleep 3; echo done"])
+        backend = config.create()
+        handle, waited = await backend.submit(job), await backend.submit(job)
+        stopped = await backend.submit(Job(name="stopped", command=STUBBORN))
+        results: list[tether.RunResult] = []
+
+        async def wait_through() -> None:  # already awaiting the task when it dies
+            results.append(await waited.wait(120))
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(wait_through)
+            for run in (handle, waited, stopped):
+                assert run.run_dir is not None
+                while read_started(run.run_dir) is None:  # noqa: ASYNC110 (the worker writes it)
+                    await anyio.sleep(0.05)
+            os.kill(scheduler.pid, signal.SIGKILL)
+            await anyio.to_thread.run_sync(scheduler.wait)
+            assert (await handle.refresh()) in (RunState.PENDING, RunState.RUNNING)
+            results.append(await handle.wait(120))
+            # Cancel without a scheduler: the run's supervisor, on this machine, is stopped.
+            supervisor = read_started(stopped.run_dir)  # type: ignore[arg-type]
+            assert supervisor is not None
+            await stopped.cancel()
+        for result in results:
+            assert result.state is RunState.SUCCEEDED, result.error
+            assert await result.read_stdout() == "done\n"
+        assert stopped.state is RunState.CANCELLED
+        assert list(session_members(supervisor["pid"])) == []
+    finally:
+        stop_processes(procs)
+
+
+EMBEDDED_OWNER = """
+import json, sys, anyio, tether
+async def main():
+    config = tether.DaskConfig(n_workers=1, processes=False, runs_dir=sys.argv[1])
+    handle = await config.create().submit(tether.Job(name="owned", command=sys.argv[2]))
+    print(json.dumps({"run_dir": str(handle.run_dir)}), flush=True)
+    await anyio.sleep(600)
+anyio.run(main)
+"""
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_embedded_runs_end_with_their_process_even_when_killed(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    """The owner of an embedded cluster SIGKILLed: its runs' supervisors, in sessions of
+    their own, see it go and stop their runs (a daemonised grandchild too)."""
+    pytest.importorskip("distributed")
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    owner = subprocess.Popen(  # noqa: ASYNC220 (started once, waited for in a thread)
+        [sys.executable, "-c", EMBEDDED_OWNER, str(tmp_path / "runs"), STUBBORN],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert owner.stdout is not None
+        line = await anyio.to_thread.run_sync(owner.stdout.readline)
+        run_dir = Path(json.loads(line)["run_dir"])
+        while (started := read_started(run_dir)) is None:  # noqa: ASYNC110 (the worker writes it)
+            await anyio.sleep(0.05)
+        stdout = run_dir / "stdout"
+        while not stdout.exists() or "started" not in stdout.read_text():  # noqa: ASYNC110
+            await anyio.sleep(0.05)
+        assert list(session_members(started["pid"]))
+    finally:
+        owner.send_signal(signal.SIGKILL)
+        await anyio.to_thread.run_sync(owner.wait)
+        if owner.stdout is not None:
+            owner.stdout.close()
+    deadline = time.monotonic() + 30  # the run itself would sleep 60 s
+    while list(session_members(started["pid"])) and time.monotonic() < deadline:  # noqa: ASYNC110
+        await anyio.sleep(0.1)
+    assert list(session_members(started["pid"])) == []
+    assert json.loads((run_dir / "exit.json").read_text())["reason"] == "cancelled"

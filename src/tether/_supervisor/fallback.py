@@ -4,6 +4,11 @@ Run as a script (``python -I -S fallback.py RUN_DIR CWD TIMEOUT GRACE CAPTURE AR
 so it needs nothing but the standard library and starts fast. The protocol (gate on
 fd 3, reserved outcome file, child subreaper, nothing left running when the outcome
 is recorded) is described at the top of supervise.c.
+
+One addition of this supervisor alone: with ``TETHER_SUPERVISOR_OWNER=<pid>`` in its
+environment (the Dask backend sets it for runs of an embedded cluster) the run is
+stopped, as by a cancel, when that process ends, even by SIGKILL: the runs of a
+cluster that lives inside a process end with that process.
 """
 
 from __future__ import annotations
@@ -155,6 +160,9 @@ def main(argv: list[str]) -> int:
     # closed), a new pipe would take fd 3 and be mistaken for it.
     if not _gate_open(run_dir):
         return 4
+    owner = _owner_fd()
+    if owner == -1:
+        return 4  # the process whose runs these are is gone already: do not start
     # Handlers run between bytecodes; the wakeup pipe makes them end a select().
     # (The signals stay blocked until the command is started.)
     wake_read, wake_write = os.pipe()
@@ -216,7 +224,12 @@ def main(argv: list[str]) -> int:
             termed = True
         if state.escalated:
             _signal_descendants(signal.SIGKILL)
-        ready, _, _ = select.select([pidfd, wake_read], [], [], 0.05 if state.escalated else None)
+        watched = [pidfd, wake_read] if owner is None else [pidfd, wake_read, owner]
+        ready, _, _ = select.select(watched, [], [], 0.05 if state.escalated else None)
+        if owner is not None and owner in ready:
+            os.close(owner)
+            owner = None
+            stop("cancelled")
         if wake_read in ready:
             with contextlib.suppress(BlockingIOError):
                 os.read(wake_read, 512)
@@ -288,6 +301,18 @@ def _record(run_dir: str, reserve: int | None, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, os.path.join(run_dir, "exit.json"))
+
+
+def _owner_fd() -> int | None:
+    """A pidfd of the process named by ``TETHER_SUPERVISOR_OWNER`` (taken out of the
+    environment, so the command does not inherit it); None without one, -1 if gone."""
+    owner = os.environ.pop("TETHER_SUPERVISOR_OWNER", None)
+    if not owner:
+        return None
+    try:
+        return os.pidfd_open(int(owner))
+    except (ProcessLookupError, ValueError):
+        return -1
 
 
 def _kill_group(group: int, signum: int) -> None:

@@ -104,9 +104,11 @@ def _run_process(spec: dict[str, Any], watch: _Watch, started: float) -> dict[st
     if os.path.exists(started_file):
         # An earlier attempt started the run, and its worker died (Dask runs the task
         # again elsewhere): end what is left of that attempt, and never run it twice.
-        _end_earlier_attempt(started_file, spec["run_id"], spec["grace"])
+        stop_supervisor(started_file, spec["run_id"], spec["grace"])
         return _outcome(spec, "worker-lost", None, None, started)
     env = {**os.environ, **spec["env"], "TETHER_RUN_ID": spec["run_id"], "TETHER_RUN_DIR": run_dir}
+    if spec.get("owner_pid"):  # an embedded cluster's run ends with its process
+        env["TETHER_SUPERVISOR_OWNER"] = str(spec["owner_pid"])
     argv = spec["argv"] or [sys.executable, "-P", worker.__file__, run_dir]
     with contextlib.suppress(FileNotFoundError):
         os.unlink(os.path.join(run_dir, "exit.json"))
@@ -195,24 +197,26 @@ def _run_in_thread(spec: dict[str, Any], watch: _Watch, started: float) -> dict[
     return _outcome(spec, "exited", code, None, started, outcome=pickled)
 
 
-def _end_earlier_attempt(started_file: str, run_id: str, grace: float) -> None:
-    """Stop the supervisor an earlier attempt recorded (it ends its whole tree), once
-    proven to be the run's own (its environment names the run): a record is input,
-    not authority."""
+def stop_supervisor(started_file: str, run_id: str, grace: float) -> bool:
+    """Stop the supervisor ``started_file`` names (it ends the run's whole tree) and
+    wait for it to end, once proven to be the run's own (its environment names the
+    run): a record is input, not authority. False when there was none to stop here
+    (gone, on another machine, or not the run's)."""
     try:
         with open(started_file) as handle:
             pid = int(json.load(handle).get("pid"))
         with open(f"/proc/{pid}/environ", "rb") as environ:
             ours = f"TETHER_RUN_ID={run_id}".encode() in environ.read().split(b"\0")
     except (OSError, ValueError, TypeError, AttributeError):
-        return  # gone already, or nothing to prove it by
+        return False  # gone already, or nothing to prove it by
     if not ours:
-        return
+        return False
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.time() + grace + 10
     while os.path.exists(f"/proc/{pid}") and time.time() < deadline:
         time.sleep(POLL)
+    return True
 
 
 def _outcome(

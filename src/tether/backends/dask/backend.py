@@ -96,6 +96,8 @@ class DaskBackend(Backend[DaskConfig]):
             "timeout": self._timeout(job),
             "grace": self.config.cancel_grace,
         }
+        if self.config.address is None:  # the embedded cluster's runs end with this process
+            spec["owner_pid"] = os.getpid()
         if isinstance(job, Call):
             spec["payload"] = job.payload()
             if self.config.call_mode == "thread":

@@ -6,6 +6,12 @@ task's return value is the run's outcome (see ``_task``). A run the scheduler no
 longer knows (it restarted, the run was forgotten) is LOST, with the reason;
 one cancelled by tether (``stop.json`` in the run folder) stays CANCELLED.
 
+A scheduler that cannot be reached is not an answer: ``refresh()`` keeps the last
+state, and ``wait()`` keeps trying (with back-off) until the scheduler answers or
+the run's own record of its end (``exit.json``, written on the worker) is in the
+run folder, which gives the result without the scheduler, except for the value
+of a ``Call`` run in a worker's thread, which only the scheduler holds.
+
 States: PENDING while the scheduler has the task waiting (for a worker, for
 resources), RUNNING while a worker processes it, then the terminal state its
 outcome says.
@@ -13,6 +19,7 @@ outcome says.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -22,21 +29,25 @@ from typing import Any, ClassVar
 
 import anyio
 
+from ... import _worker as worker
 from ..._files import write_json_once
 from ..._outcome import failure_reason
 from ..._runs import collect_outputs, tail_lines
 from ..._shield import shielded_method
-from ...call import Call, decode_outcome
+from ...call import Call, decode_outcome, outcome_fields
 from ...config import BackendConfig
+from ...errors import BackendError
 from ...handle import RunHandle, Stream, check_stream
 from ...job import Job
 from ...result import RunResult, RunState, utc_time
 from . import _client
-from ._task import STARTED_FILE, cancel_event_name
+from ._task import STARTED_FILE, cancel_event_name, stop_supervisor
 from .config import DaskConfig
 
 #: Seconds cancel() waits beyond the grace for the task to report its end.
 _CANCEL_MARGIN = 10.0
+#: Longest pause of wait() between tries to reach a scheduler that does not answer.
+_RETRY_MAX = 10.0
 
 
 class DaskRunHandle(RunHandle):
@@ -88,7 +99,9 @@ class DaskRunHandle(RunHandle):
             "outlive their process"
         )
 
-    def _result_from(self, data: dict[str, Any]) -> RunResult:
+    def _result_from(self, data: dict[str, Any], called: dict[str, Any] | None = None) -> RunResult:
+        """The result of the task's outcome ``data``; a Call's fields are decoded from
+        its ``outcome`` pickle, or given as ``called`` (read from the run folder)."""
         reason, code, sig = data.get("reason"), data.get("exit_code"), data.get("signal")
         stdout, stderr = self._dir / "stdout", self._dir / "stderr"
         error: str | None = None
@@ -115,11 +128,13 @@ class DaskRunHandle(RunHandle):
         else:
             state = RunState.FAILED
             error = data.get("error") or failure_reason(-sig if sig else code, stderr)
-        called: dict[str, Any] = {}
-        if isinstance(self._job, Call) and reason == "exited" and data.get("outcome"):
+        is_call = isinstance(self._job, Call) and reason == "exited"
+        if called is None and is_call and data.get("outcome"):
             # The outcome came through the scheduler, which every client trusts.
             called = decode_outcome(data["outcome"])
             called.pop("exit_code")
+        called = dict(called or {})
+        if called:
             state = RunState.SUCCEEDED if called.pop("ok") else RunState.FAILED
             error = called.pop("error")
         outputs: list[Path] = []
@@ -137,6 +152,25 @@ class DaskRunHandle(RunHandle):
             outputs=outputs,
             error=error,
         )
+
+    def _recorded_end(self) -> RunResult | None:
+        """The run's result from its folder's ``exit.json`` (written on the worker),
+        for when the scheduler cannot be reached; None while the run has not ended, or
+        when only the scheduler holds what it returned (a Call in a worker's thread)."""
+        try:
+            data = json.loads((self._dir / "exit.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict):
+            return None
+        if data.get("reason") == "exec_failed":  # the supervisor's word, before the task's
+            data["reason"] = "exited"
+        called: dict[str, Any] | None = None
+        if isinstance(self._job, Call) and data.get("reason") == "exited":
+            if self._dask.call_mode == "thread":
+                return None
+            called = outcome_fields(self._dir / worker.OUTCOME_FILE)
+        return self._result_from(data, called)
 
     def _unknown(self, why: str) -> RunResult:
         """The result of a run the scheduler does not (or no longer) know."""
@@ -173,6 +207,10 @@ class DaskRunHandle(RunHandle):
         try:
             data = await future
         except cancelled_error as exc:
+            if getattr(exc, "reason", None) == "scheduler-connection-lost" or (
+                client.status != "running"
+            ):  # this client lost the scheduler: no word on the run
+                raise BackendError(f"lost the Dask scheduler at {self._address}") from exc
             self._finish(self._unknown(f"the Dask scheduler cancelled the run's task ({exc})"))
             return
         except Exception as exc:  # the task itself failed: its worker died (KilledWorker)
@@ -200,31 +238,51 @@ class DaskRunHandle(RunHandle):
         if (why := self._gone_elsewhere()) is not None:
             self._finish(self._unknown(why))
             return self._state
-        async with _client.connect(self._address, self._dask) as client:
-            future = await self._future(client)
-            if future is None:
-                self._finish(self._not_known())
-            else:
-                await self._settle(client, future, block=False)
+        with contextlib.suppress(BackendError):  # not an answer: keep the last state
+            await self._look(block=False)
         return self._state
+
+    async def _look(self, *, block: bool) -> None:
+        """One look at the run through the scheduler (awaiting its end when ``block``).
+
+        Raises:
+            BackendError: the scheduler cannot be reached (or was lost meanwhile).
+        """
+        async with _client.connect(self._address, self._dask) as client:
+            try:
+                future = await self._future(client)
+                if future is None:
+                    self._finish(self._not_known())
+                else:
+                    await self._settle(client, future, block=block)
+            except (OSError, TimeoutError) as exc:  # the connection broke (CommClosedError)
+                raise BackendError(f"lost the Dask scheduler at {self._address}: {exc}") from exc
 
     async def _wait_done(self) -> RunResult:
         if (why := self._gone_elsewhere()) is not None:
             return self._finish(self._unknown(why))
-        async with _client.connect(self._address, self._dask) as client:
-            future = await self._future(client)
-            if future is None:
-                self._finish(self._not_known())
-            else:
-                await self._settle(client, future, block=True)
+        pause = 0.5
+        while self._result is None:
+            try:
+                await self._look(block=True)
+            except BackendError:
+                if (ended := self._recorded_end()) is not None:
+                    self._finish(ended)
+                    break
+                await self._wait_or_file(pause)  # then try the scheduler again
+                pause = min(pause * 2, _RETRY_MAX)
         assert self._result is not None
         return self._result
 
-    async def _wait_or_end(self, seconds: float) -> bool:
-        """Sleep up to ``seconds`` (less once the task wrote its end); True once terminal."""
+    async def _wait_or_file(self, seconds: float) -> None:
+        """Sleep up to ``seconds``, less once the run's ``exit.json`` appears."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and not (self._dir / "exit.json").exists():  # noqa: ASYNC110 (a file the worker writes)
             await anyio.sleep(0.05)
+
+    async def _wait_or_end(self, seconds: float) -> bool:
+        """Sleep up to ``seconds`` (less once the task wrote its end); True once terminal."""
+        await self._wait_or_file(seconds)
         if (self._dir / "exit.json").exists() or time.monotonic() - self._last_look >= 2.0:
             self._last_look = time.monotonic()
             return (await self.refresh()).is_terminal
@@ -240,25 +298,51 @@ class DaskRunHandle(RunHandle):
         has taken yet, is cancelled on the scheduler
         (and unpublished). Idempotent and shielded; works from any client (a
         re-attached handle too). The event stays set until :meth:`forget`, so that a
-        late copy of the task (after a worker's death) never starts the work."""
+        late copy of the task (after a worker's death) never starts the work.
+
+        With the scheduler unreachable, a run whose supervisor is on this machine is
+        stopped directly (its run folder names it); otherwise the
+        :class:`BackendError` says the scheduler did not answer."""
         if (await self.refresh()).is_terminal:
             return
         write_json_once(self._dir / "stop.json", {"reason": "cancelled", "at": time.time()})
+        try:
+            await self._cancel_through_scheduler()
+        except BackendError:
+            started = str(self._dir / STARTED_FILE)
+            grace = self._dask.cancel_grace
+            stopped = await anyio.to_thread.run_sync(stop_supervisor, started, self.run_id, grace)
+            ended = self._recorded_end()
+            if ended is None and not stopped:
+                raise
+            self._finish(ended if ended is not None else self._unknown("cancelled"))
+
+    async def _cancel_through_scheduler(self) -> None:
+        """cancel()'s way when the scheduler answers (see there).
+
+        Raises:
+            BackendError: the scheduler cannot be reached (or was lost meanwhile).
+        """
         async with _client.connect(self._address, self._dask) as client:
-            await _client.distributed().Event(cancel_event_name(self.run_id), client=client).set()
-            future = await self._future(client)
-            if future is None:
-                self._finish(self._not_known())
-                return
-            states = await client.scheduler.get_task_status(keys=[self.run_id])
-            if states.get(self.run_id) in ("processing", "memory", "erred"):
-                # On a worker: the task sees the event within 0.1 s and stops its work.
-                with anyio.move_on_after(self._dask.cancel_grace + _CANCEL_MARGIN):
-                    await self._settle(client, future, block=True)
-            if self._result is None:  # never reached a worker, or its worker is stuck
-                await client.cancel([future], force=True)
-                await client.unpublish_dataset(self.run_id)
-                self._finish(self._unknown("cancelled"))
+            try:
+                await (
+                    _client.distributed().Event(cancel_event_name(self.run_id), client=client).set()
+                )
+                future = await self._future(client)
+                if future is None:
+                    self._finish(self._not_known())
+                    return
+                states = await client.scheduler.get_task_status(keys=[self.run_id])
+                if states.get(self.run_id) in ("processing", "memory", "erred"):
+                    # On a worker: the task sees the event within 0.1 s and stops its work.
+                    with anyio.move_on_after(self._dask.cancel_grace + _CANCEL_MARGIN):
+                        await self._settle(client, future, block=True)
+                if self._result is None:  # never reached a worker, or its worker is stuck
+                    await client.cancel([future], force=True)
+                    await client.unpublish_dataset(self.run_id)
+                    self._finish(self._unknown("cancelled"))
+            except (OSError, TimeoutError) as exc:  # the connection broke (CommClosedError)
+                raise BackendError(f"lost the Dask scheduler at {self._address}: {exc}") from exc
 
     async def forget(self) -> None:
         """Release the run on the scheduler: its outcome is no longer kept there.
