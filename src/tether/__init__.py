@@ -7,6 +7,7 @@ the same run. See ``docs/`` for the guide.
 
 from __future__ import annotations
 
+from . import sync as sync  # tether.sync: the run-handle API for synchronous code
 from ._version import __version__
 from .api import run, run_sync
 from .backend import Backend
@@ -60,6 +61,7 @@ from .pipelines import (
 from .postprocess import ArchivePostprocessor, NoopPostprocessor, Postprocessor
 from .registry import backend_configs, load_config, load_handle, load_job
 from .result import RunResult, RunState
+from .sync import SyncRunHandle
 
 __all__ = [
     "ArchivePostprocessor",
@@ -120,6 +122,7 @@ __all__ = [
     "StepReport",
     "StepState",
     "SubmitError",
+    "SyncRunHandle",
     "TetherError",
     "UnknownBackendError",
     "WaitTimeout",

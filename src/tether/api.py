@@ -52,11 +52,11 @@ def run_sync(
     *,
     timeout: float | None = None,
 ) -> RunResult:
-    """:func:`run` for synchronous code (starts and closes its own event loop)."""
-    check_job(job, "run_sync()")
-    backend = _backend(backend, "run_sync()")
+    """:func:`run` for synchronous code: :func:`tether.sync.run` under its older name.
 
-    async def main() -> RunResult:
-        return await run(job, backend, timeout=timeout)
+    Runs on the synchronous facade's event-loop thread, so it also works where an
+    event loop is running already (a notebook cell without ``await``).
+    """
+    from .sync import _run
 
-    return anyio.run(main)
+    return _run(job, backend, timeout, "run_sync()")
