@@ -12,9 +12,14 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
 PYTHON = "3.11"
-LINTED = ("src", "tests", "bench", "examples", "noxfile.py")
+DOCS_CODE = ("docs/_hooks.py", "docs/_griffe_roles.py")
+LINTED = ("src", "tests", "bench", "examples", "noxfile.py", *DOCS_CODE)
 # The example plugin is typed like tether itself: it is what plugin authors copy.
-TYPED = ("src", "examples/custom_backend/tether_nohup.py")
+TYPED = ("src", "examples/custom_backend/tether_nohup.py", *DOCS_CODE)
+# The docs site: broken links, anchors, nav entries and API references fail the build.
+# Nothing is fetched at build time (see mkdocs.yml).
+DOCS_BUILD = ("mkdocs", "build", "--strict", "--site-dir", "site")
+DOCS_ENV = {"NO_MKDOCS_2_WARNING": "1"}  # material's banner about its successor
 
 
 @nox.session(python=PYTHON)
@@ -35,8 +40,16 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package."""
-    session.install("-e", ".", "mypy>=1.11", "types-PyYAML")
+    # .[docs]: the docs site's hook and griffe extension import mkdocs and griffe.
+    session.install("-e", ".[docs]", "mypy>=1.11", "types-PyYAML")
     session.run("mypy", *TYPED)
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build the docs site into site/ with ``mkdocs build --strict`` (open site/index.html)."""
+    session.install("-e", ".[docs]")
+    session.run(*DOCS_BUILD, *session.posargs, env=DOCS_ENV)
 
 
 @nox.session(python=PYTHON)
@@ -106,15 +119,17 @@ def services(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def ci(session: nox.Session) -> None:
-    """Everything CI checks, on a fresh machine: services, lint, types, the whole suite.
+    """Everything CI checks, on a fresh machine: services, lint, types, the docs site,
+    the whole suite.
 
     ``CI=1`` makes a test whose service is missing fail instead of skip.
     """
     # Both fail (and so does CI) when their service does not come up: never a skip.
     session.run("bash", "scripts/docker-engine.sh", external=True)
     session.run("bash", "scripts/slurm-cluster.sh", external=True)
-    session.install("-e", ".[dev]")
+    session.install("-e", ".[dev,docs]")
     session.run("ruff", "check", *LINTED)
     session.run("ruff", "format", "--check", *LINTED)
     session.run("mypy", *TYPED)
+    session.run(*DOCS_BUILD, env=DOCS_ENV)
     session.run("pytest", *session.posargs, env={"CI": "1"})

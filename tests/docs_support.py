@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 PYTHON = {"python", "py", "pycon"}
 SHELL = {"bash", "sh", "console", "shell"}
@@ -137,7 +137,7 @@ def parse(path: Path, root: Path = ROOT) -> list[Block]:
 
 
 def collect() -> list[Block]:
-    """The blocks of README.md and docs/*.md in a language the suite executes."""
+    """The blocks of README.md and docs/**/*.md in a language the suite executes."""
     return [b for path in DOCS for b in parse(path) if b.lang in EXECUTED]
 
 

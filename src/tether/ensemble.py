@@ -194,7 +194,8 @@ async def map_calls(
         items: the first argument of each call.
         backend: a backend or config that runs ``Call`` jobs; default
             ``InlineConfig()`` (sequential, in a background thread).
-        args, kwargs: the same further arguments for every call.
+        args: the same further positional arguments for every call.
+        kwargs: the same further keyword arguments for every call.
         max_concurrency: runs in flight at once; default twice the inline pool's
             workers, else the number of cores.
         keep_going: run every call even after failures, then raise :class:`MapError`
@@ -202,8 +203,9 @@ async def map_calls(
         progress: show a progress bar on stderr; default when stderr is a terminal.
 
     Raises:
-        The first failing call's exception (fail-fast), :class:`RunFailedError` for
-        runs that failed otherwise, or :class:`MapError` with ``keep_going``.
+        Exception: the first failing call's own exception (fail-fast).
+        RunFailedError: for a run that failed without an exception of its own.
+        MapError: with ``keep_going``, when any call failed (it holds every result).
     """
     extra = dict(kwargs or {})
     calls = [Call(fn, item, *args, **extra) for item in items]

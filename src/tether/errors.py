@@ -4,8 +4,8 @@ The tree::
 
     TetherError
     ├── ConfigError (ValueError)          bad backend config, job file or option
-    ├── ArgumentTypeError (TypeError)     an argument of the wrong type (names what is accepted)
     │   └── UnknownBackendError (KeyError) no backend registered under a name
+    ├── ArgumentTypeError (TypeError)     an argument of the wrong type (names what is accepted)
     ├── RecordError (ValueError)          a saved handle record cannot be read
     │   └── RecordVersionError            a record written by a newer/unknown schema
     ├── SubmitError (RuntimeError)        a backend could not start a run
