@@ -260,43 +260,45 @@ def double(value: int, *, work: str) -> int:
     return 2 * value
 
 
-def build_find(state: Path, work: Path, *, stall: bool = False, slurm: bool = False) -> Pipeline:
-    """Two Call steps, ``produce`` then ``double`` (of its value), on the local backend
-    (the real Slurm cluster with ``slurm``).
+def build_find(state: Path, work: Path, *, stall: bool = False, on: str = "local") -> Pipeline:
+    """Two Call steps, ``produce`` then ``double`` (of its value), on the local backend,
+    or ``on`` the real Slurm cluster (``"slurm"``) or the test Dask scheduler
+    (``"dask"``, its address in ``TETHER_TEST_DASK_ADDRESS``).
 
     With ``stall``, the backend's submit starts the run, leaves the
     :data:`SUBMITTED` marker and then hangs, so the pipeline can be killed after it
-    journaled the run's id but before it journaled the run's handle. On Slurm the
-    stalling submit also removes the run's record, as a submitter killed between
-    sbatch and writing it would leave things: find() must ask the queue.
+    journaled the run's id but before it journaled the run's handle. On Slurm and
+    Dask the stalling submit also removes the run's record, as a submitter killed
+    between submitting and writing it would leave things: find() must ask the
+    queue or the scheduler.
     """
     import anyio
 
-    from tether import Call, LocalBackend, LocalConfig, Pipeline, SlurmBackend, SlurmConfig, Step
+    from tether import Call, DaskConfig, LocalConfig, Pipeline, SlurmConfig, Step
 
-    class StallingLocalBackend(LocalBackend):
-        async def submit(self, job: Any, *, run_id: str | None = None) -> Any:
-            handle = await super().submit(job, run_id=run_id)
-            (work / SUBMITTED).write_text(handle.run_id)
-            await anyio.sleep(600)  # shielded by the runner: killed here
-            return handle
+    configs: dict[str, Any] = {
+        "local": lambda: LocalConfig(runs_dir=work / "runs", cancel_grace=1),
+        "slurm": lambda: SlurmConfig(runs_dir=work / "runs", cancel_grace=1, poll_interval=0.5),
+        "dask": lambda: DaskConfig(
+            address=os.environ["TETHER_TEST_DASK_ADDRESS"], runs_dir=work / "runs", cancel_grace=1
+        ),
+    }
+    config = configs[on]()
+    backend: Any = config
+    if stall:
+        base: Any = type(config.create())
 
-    class StallingSlurmBackend(SlurmBackend):
-        async def submit(self, job: Any, *, run_id: str | None = None) -> Any:
-            handle = await super().submit(job, run_id=run_id)
-            (handle.run_dir / "handle.json").unlink()
-            (work / SUBMITTED).write_text(handle.run_id)
-            await anyio.sleep(600)  # shielded by the runner: killed here
-            return handle
+        class Stalling(base):  # type: ignore[misc, valid-type]
+            async def submit(self, job: Any, *, run_id: str | None = None) -> Any:
+                handle = await super().submit(job, run_id=run_id)
+                if on != "local":  # killed before the record was written
+                    (handle.run_dir / "handle.json").unlink()
+                (work / SUBMITTED).write_text(handle.run_id)
+                await anyio.sleep(600)  # shielded by the runner: killed here
+                return handle
 
+        backend = Stalling(config)
     (work / "effects").mkdir(parents=True, exist_ok=True)
-    backend: Any
-    if slurm:
-        slurm_config = SlurmConfig(runs_dir=work / "runs", cancel_grace=1, poll_interval=0.5)
-        backend = StallingSlurmBackend(slurm_config) if stall else slurm_config
-    else:
-        config = LocalConfig(runs_dir=work / "runs", cancel_grace=1)
-        backend = StallingLocalBackend(config) if stall else config
     first = Step("produce", Call(produce, work=str(work), pause=0.5))
     second = Step("double", Call(double, first.value, work=str(work)))
     return Pipeline([first, second], name=FIND_NAME, backend=backend, state=state)
@@ -330,25 +332,25 @@ async def run(state: Path, work: Path) -> Any:
 
 def main(argv: list[str]) -> int:
     """``STATE_FILE WORK_DIR``: run the crash pipeline; ``--stall`` first: the find one,
-    stalling after its first submit (to be killed there); ``--slurm --stall``: the
-    same on the Slurm cluster."""
+    stalling after its first submit (to be killed there); ``--slurm --stall`` or
+    ``--dask --stall``: the same on the Slurm cluster or the Dask scheduler."""
     import anyio
 
-    slurm = argv[:1] == ["--slurm"]
-    if slurm:
-        argv = argv[1:]
+    on = "local"
+    if argv[:1] in (["--slurm"], ["--dask"]):
+        on, argv = argv[0][2:], argv[1:]
     stall = argv[:1] == ["--stall"]
     if stall:
         argv = argv[1:]
     if len(argv) != 2:
         print(
-            "usage: pipeline_crash_support.py [--slurm] [--stall] STATE_FILE WORK_DIR",
+            "usage: pipeline_crash_support.py [--slurm|--dask] [--stall] STATE_FILE WORK_DIR",
             file=sys.stderr,
         )
         return 2
     state, work = Path(argv[0]), Path(argv[1])
     if stall:
-        anyio.run(build_find(state, work, stall=True, slurm=slurm).run)
+        anyio.run(build_find(state, work, stall=True, on=on).run)
         return 1  # never reached: the test kills it while it stalls
     result = anyio.run(run, state, work)
     for name, step in result.steps.items():

@@ -348,7 +348,7 @@ def test_a_pipeline_killed_inside_a_slurm_submit_finds_its_job(tmp_path: Path) -
     member = journal.read(state).steps["produce"].members[0]
     assert (member.run_id, member.handle) == (run_id, None)
 
-    result = support.build_find(state, work, slurm=True).run_sync()
+    result = support.build_find(state, work, on="slurm").run_sync()
     assert result.success, result
     run = result.steps["produce"].runs[0]
     assert (run.origin, run.run_id) == ("found", run_id)
