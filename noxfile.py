@@ -101,6 +101,7 @@ def stress(session: nox.Session) -> None:
         "tests/test_local_faults.py",
         "tests/test_docker_faults.py",
         "tests/test_slurm.py",
+        "tests/test_dask.py",
     ]
     argv = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *suites, *session.posargs]
     copies = [subprocess.Popen(argv) for _ in range(2)]

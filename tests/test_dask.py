@@ -520,3 +520,51 @@ def test_a_pipeline_killed_inside_a_dask_submit_finds_its_run(
     assert result.value("double") == 42
     effects = {p.stem: len(p.read_text().splitlines()) for p in (work / "effects").glob("*.log")}
     assert effects == {"produce": 1, "double": 1}
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_prune_releases_ended_runs_only(
+    anyio_backend: str, dask_service: str, tmp_path: Path
+) -> None:
+    """``tether dask prune`` releases ended runs (as forget() does), keeps younger ones with
+    --older-than, leaves running runs and other users' datasets alone."""
+    import json
+    import subprocess
+    import sys
+
+    from distributed import Client
+
+    backend = _config(dask_service, tmp_path).create()
+    ended = await backend.submit(Job(name="ended", command="echo over"))
+    await ended.wait(60)
+    going = await backend.submit(Job(name="going", command="sleep 30"))
+    async with Client(dask_service, asynchronous=True) as client:
+        await client.publish_dataset(not_tethers=[1, 2, 3])
+        try:
+
+            def prune(*options: str) -> dict[str, str]:
+                argv = [sys.executable, "-m", "tether", "dask", "prune", dask_service, "--json"]
+                done = subprocess.run(
+                    [*argv, *options], capture_output=True, text=True, timeout=120, check=False
+                )
+                assert done.returncode == 0, done.stderr
+                return {e["run_id"]: e["action"] for e in json.loads(done.stdout)}
+
+            assert (await anyio.to_thread.run_sync(prune, "--dry-run")).items() >= {
+                ended.run_id: "would release",
+                going.run_id: "running",
+            }.items()
+            kept = await anyio.to_thread.run_sync(prune, "--older-than", "1h")
+            assert kept[ended.run_id] == "kept"
+            released = await anyio.to_thread.run_sync(prune)
+            assert (released[ended.run_id], released[going.run_id]) == ("released", "running")
+            assert "not_tethers" not in released
+            assert "not_tethers" in await client.list_datasets()
+            assert await client.get_dataset("not_tethers") == [1, 2, 3]
+        finally:
+            await client.unpublish_dataset("not_tethers")
+    path = await ended.save(tmp_path / "ended.json")
+    assert (await (await tether.load_handle(path)).refresh()) is RunState.LOST
+    assert (await going.refresh()) is RunState.RUNNING
+    await going.cancel()
+    assert going.state is RunState.CANCELLED

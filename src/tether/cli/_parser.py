@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import __version__
-from . import _backends, _cache, _commands, _docker, _ls, _pipeline
+from . import _backends, _cache, _commands, _dask, _docker, _ls, _pipeline
 
 Command = Callable[[argparse.Namespace], Awaitable[int]]
 
@@ -319,4 +319,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="also remove ended containers whose run folder is gone (their results are lost)",
     )
     _json(sub, "the containers and what was done")
+
+    dask = _add(commands, "dask", "manage the runs a Dask scheduler keeps")
+    verbs = dask.add_subparsers(dest="verb", required=True, metavar="VERB")
+    sub = _add(
+        verbs,
+        "prune",
+        "release ended runs the scheduler keeps (as handle.forget() does); list running ones",
+        _dask.prune,
+    )
+    sub.add_argument(
+        "address", nargs="?", metavar="ADDRESS", help="scheduler address (tcp://HOST:8786)"
+    )
+    sub.add_argument(
+        "--backend-config",
+        type=Path,
+        metavar="CFG",
+        help="dask backend config file (address, TLS files)",
+    )
+    sub.add_argument(
+        "--older-than",
+        type=_dask.duration,
+        metavar="AGE",
+        help="only runs that ended at least this long ago (90s, 15m, 2h, 7d)",
+    )
+    sub.add_argument("--dry-run", action="store_true", help="show what would go; release nothing")
+    _json(sub, "the runs and what was done")
     return parser

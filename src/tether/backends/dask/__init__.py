@@ -5,8 +5,9 @@ submissions of the same job are two runs). The submitter publishes the task's
 future as a dataset named by the run id, so the scheduler, not the client's
 reference, keeps the run: it goes on when the submitting process dies, and any
 process re-attaches with ``load_handle`` by connecting to the saved address.
-The outcome stays on the scheduler until ``await handle.forget()`` (or until
-the scheduler restarts: the run is then LOST, with the reason).
+The outcome stays on the scheduler until ``await handle.forget()``, or
+``DaskBackend.prune()`` (``tether dask prune``) releases it, or the scheduler
+restarts (the run is then LOST, with the reason).
 
 On the worker the task runs the job under tether's run supervisor (a ``Call``
 by tether's worker module, unless ``call_mode="thread"``), which enforces the
@@ -28,8 +29,9 @@ imported on first use, never by ``import tether``.
 from __future__ import annotations
 
 from ._client import close_embedded
+from ._prune import PrunedRun
 from .backend import DaskBackend
 from .config import DaskConfig
 from .handle import DaskRunHandle
 
-__all__ = ["DaskBackend", "DaskConfig", "DaskRunHandle", "close_embedded"]
+__all__ = ["DaskBackend", "DaskConfig", "DaskRunHandle", "PrunedRun", "close_embedded"]

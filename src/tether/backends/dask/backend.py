@@ -19,7 +19,7 @@ from ...capabilities import Availability
 from ...errors import BackendError, ConfigError, RecordError, SubmitError
 from ...job import Job
 from ...records import write_record
-from . import _client
+from . import _client, _prune
 from ._task import run_task
 from .config import CAPABILITIES, DaskConfig, dask_availability
 from .handle import DaskRunHandle
@@ -225,6 +225,17 @@ class DaskBackend(Backend[DaskConfig]):
         )
         write_record(record, handle.to_record(), sync=False)
         return handle
+
+    async def prune(
+        self, *, older_than: float | None = None, dry_run: bool = False
+    ) -> list[_prune.PrunedRun]:
+        """Release the runs the scheduler keeps that ended ``older_than`` seconds ago or
+        more (all ended ones by default), as ``handle.forget()`` would: the cleanup
+        for handles nobody will load again. Runs still going are listed, never
+        touched; so are datasets that are not tether's. ``dry_run`` releases nothing.
+        """
+        _client.require_asyncio()
+        return await _prune.prune(self.config, older_than=older_than, dry_run=dry_run)
 
     def _clear_unsubmitted(self, run_dir: Path) -> None:
         """Remove the folder a submit that died before publishing left (no record), so
