@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import tether
-from tether.backends.dask import close_embedded
+from tether.backends.dask import close_clients, close_embedded
 
 RESULTS = Path(__file__).with_name("results")
 
@@ -79,6 +79,7 @@ async def main(args: argparse.Namespace) -> int:
                     (raw_times if name == "raw" else tether_times).append(await run)
             process_time = await _tether(process, args.process_calls)
         await close_embedded()
+        await close_clients()
         await cluster.close()
     raw, ours = statistics.median(raw_times), statistics.median(tether_times)
     ratio = ours / raw

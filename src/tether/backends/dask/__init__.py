@@ -28,10 +28,17 @@ imported on first use, never by ``import tether``.
 
 from __future__ import annotations
 
-from ._client import close_embedded
+from ._client import close_clients, close_embedded
 from ._prune import PrunedRun
 from .backend import DaskBackend
 from .config import DaskConfig
 from .handle import DaskRunHandle
 
-__all__ = ["DaskBackend", "DaskConfig", "DaskRunHandle", "PrunedRun", "close_embedded"]
+__all__ = [
+    "DaskBackend",
+    "DaskConfig",
+    "DaskRunHandle",
+    "PrunedRun",
+    "close_clients",
+    "close_embedded",
+]

@@ -197,6 +197,21 @@ async def close_embedded() -> None:
                 await cluster.close()
 
 
+async def close_clients() -> None:
+    """Close the idle clients this event loop keeps open for its next operation (they
+    close by themselves ``LINGER`` seconds after their last one): before shutting a
+    scheduler down from the same process, so that no client tries to reconnect."""
+    loop = require_asyncio()
+    for address, entry in list(_POOL.items()):
+        if entry.loop is loop and entry.users == 0:
+            del _POOL[address]
+            if entry.closer is not None:
+                closer, entry.closer = entry.closer, None
+                closer.cancel()
+            with anyio.CancelScope(shield=True):
+                await entry.client.close()
+
+
 def translate(exc: Exception, address: str) -> BackendError:
     """A scheduler's refusal as tether's error, naming the scheduler."""
     return BackendError(f"Dask scheduler at {address}: {type(exc).__name__}: {exc}")
