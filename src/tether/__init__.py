@@ -62,8 +62,22 @@ from .postprocess import ArchivePostprocessor, NoopPostprocessor, Postprocessor
 from .registry import backend_configs, load_config, load_handle, load_job
 from .result import RunResult, RunState
 from .sync import SyncRunHandle
+from .watching import (
+    ALL_COMPLETED,
+    FIRST_COMPLETED,
+    FIRST_FAILED,
+    ReturnWhen,
+    StateChange,
+    Watching,
+    as_completed,
+    wait_all,
+    watch,
+)
 
 __all__ = [
+    "ALL_COMPLETED",
+    "FIRST_COMPLETED",
+    "FIRST_FAILED",
     "ArchivePostprocessor",
     "ArgumentTypeError",
     "Availability",
@@ -109,6 +123,7 @@ __all__ = [
     "RecordError",
     "RecordVersionError",
     "Resources",
+    "ReturnWhen",
     "RunFailedError",
     "RunHandle",
     "RunResult",
@@ -118,6 +133,7 @@ __all__ = [
     "SlurmBackend",
     "SlurmConfig",
     "SlurmRunHandle",
+    "StateChange",
     "Step",
     "StepReport",
     "StepState",
@@ -126,7 +142,9 @@ __all__ = [
     "TetherError",
     "UnknownBackendError",
     "WaitTimeout",
+    "Watching",
     "__version__",
+    "as_completed",
     "backend_configs",
     "list_backends",
     "load_config",
@@ -137,4 +155,6 @@ __all__ = [
     "recommended_backend",
     "run",
     "run_sync",
+    "wait_all",
+    "watch",
 ]

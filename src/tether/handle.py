@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator, Callable, Generator
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -32,6 +32,10 @@ def check_stream(stream: str) -> None:
 
 H = TypeVar("H", bound="RunHandle")
 
+#: Called synchronously on each change of a handle's state: (handle, old, new); it must
+#: not raise or block (it runs inside whichever backend call moved the state).
+StateListener = Callable[["RunHandle", RunState, RunState], None]
+
 
 class RunHandle(ABC):
     """The handle of one run: await it, poll it, cancel it, read its logs, save it.
@@ -48,6 +52,10 @@ class RunHandle(ABC):
     #: Registry name of the backend whose runs this class handles.
     backend_type: ClassVar[str]
 
+    #: True when the handle's own ``wait()`` moves it PENDING → RUNNING as the run
+    #: starts; watchers (``tether.watch``) then never refresh a pending handle of it.
+    _wait_reports_running: ClassVar[bool] = False
+
     def __init__(
         self,
         *,
@@ -63,6 +71,8 @@ class RunHandle(ABC):
         self._config = config
         self._state = state
         self._result: RunResult | None = None
+        # Watchers' subscriptions to state changes (see tether.watching); usually empty.
+        self._state_listeners: list[StateListener] = []
 
     # -- plain attributes (sync: they touch nothing) --------------------------------
 
@@ -109,7 +119,10 @@ class RunHandle(ABC):
         """Move to ``new``; terminal states are final, RUNNING never goes back to PENDING."""
         if not self._state.can_become(new):
             raise InvalidTransitionError(self._run_id, self._state, new)
-        self._state = new
+        old, self._state = self._state, new
+        if old is not new:
+            for listener in tuple(self._state_listeners):
+                listener(self, old, new)
 
     def _lost(self, why: str, started: float | None = None) -> RunResult:
         """The result of a run that can no longer be found: LOST, with the reason."""
