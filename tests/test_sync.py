@@ -427,3 +427,57 @@ def test_a_base_exception_reaches_the_caller_and_the_loop_survives() -> None:
     with pytest.raises(SystemExit):
         sync._call("test", leave)
     assert sync.run(Job(name="after", command="x"), backend="dummy").state is RunState.SUCCEEDED
+
+
+# -- many runs, pipelines, ensembles and any coroutine ---------------------------------------
+
+
+def test_wait_all_and_as_completed_without_await(tmp_path: Path) -> None:
+    gate = tmp_path / "go"
+    slow = sync.submit(
+        Job(name="gated", command=f"while [ ! -e {gate} ]; do sleep 0.05; done; echo late"),
+        backend=LocalConfig(runs_dir=tmp_path / "runs"),
+    )
+    quick = sync.submit(Job(name="quick", command="x"), backend=DummyConfig(duration=0.1))
+    done, pending = sync.wait_all([slow, quick.aio], return_when="FIRST_COMPLETED")
+    assert done == {quick.aio} and pending == {slow}  # the very objects given, sync or not
+    order = []
+    for result in sync.as_completed([slow, quick]):
+        order.append(result.run_id)
+        if len(order) == 1:
+            gate.touch()  # the slow run may end only after the quick one was yielded
+    assert order == [quick.run_id, slow.run_id]
+    done, pending = sync.wait_all([slow], timeout=0)
+    assert done == {slow} and not pending
+
+
+def test_leaving_as_completed_early_leaves_the_runs_going(tmp_path: Path) -> None:
+    runs = [
+        sync.submit(Job(name=f"r{i}", command="x"), backend=DummyConfig(duration=d))
+        for i, d in enumerate((0.1, 1.0))
+    ]
+    for result in sync.as_completed(runs):
+        assert result.run_id == runs[0].run_id
+        break
+    assert runs[1].wait(timeout=DEADLINE).state is RunState.SUCCEEDED
+
+
+def test_pipelines_ensembles_and_calls_run_sync_inside_a_running_loop() -> None:
+    async def cell() -> tuple[object, list[int], list[int]]:
+        asyncio.get_running_loop()  # a notebook cell without await
+        step = tether.Step("sq", Call(_square, 4))
+        pipeline = tether.Pipeline([step], name="in-a-cell", backend=InlineConfig())
+        mapped = sync.call(tether.map_calls, _square, [1, 2, 3], backend=InlineConfig())
+        ensemble = tether.Ensemble(_square_seed, 3, seed=7, seed_as="int").run_sync(InlineConfig())
+        return pipeline.run_sync().value("sq"), mapped, ensemble
+
+    value, mapped, ensemble = asyncio.run(cell())
+    assert value == 16 and mapped == [1, 4, 9]
+    again = tether.Ensemble(_square_seed, 3, seed=7, seed_as="int").run_sync(InlineConfig())
+    assert ensemble == again
+    with pytest.raises(ArgumentTypeError, match="coroutine function"):
+        sync.call(42)  # type: ignore[arg-type]
+
+
+def _square_seed(seed: int) -> int:
+    return (seed % 1000) ** 2

@@ -335,14 +335,17 @@ class Ensemble:
         keep_going: bool = False,
         progress: bool | None = None,
     ) -> list[Any]:
-        """:meth:`run` for synchronous code (starts and closes its own event loop)."""
+        """:meth:`run` for synchronous code, on the event loop of :mod:`tether.sync`: from a
+        plain script, and also where a loop is running (a notebook cell without ``await``)."""
+        from .sync import call
 
-        async def main() -> list[Any]:
-            return await self.run(
-                backend, max_concurrency=max_concurrency, keep_going=keep_going, progress=progress
-            )
-
-        return anyio.run(main)
+        return call(
+            self.run,
+            backend,
+            max_concurrency=max_concurrency,
+            keep_going=keep_going,
+            progress=progress,
+        )
 
     def __repr__(self) -> str:
         name = self.fn if isinstance(self.fn, str) else getattr(self.fn, "__qualname__", "?")

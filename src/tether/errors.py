@@ -16,6 +16,7 @@ The tree::
     ├── CallError (RuntimeError)          a Call's exception that cannot be rebuilt here
     ├── MapError (RuntimeError)           some calls of a keep-going map or ensemble failed
     ├── WaitTimeout (TimeoutError)        ``wait(timeout=…)`` ran out; the run goes on
+    ├── DeadlockError (RuntimeError)      ``tether.sync`` called from its own loop's thread
     └── InvalidTransitionError (RuntimeError)  an illegal run-state change
 """
 
@@ -106,6 +107,11 @@ class MapError(TetherError, RuntimeError):
 
 class WaitTimeout(TetherError, TimeoutError):
     """Raised when ``wait(timeout=…)`` runs out; the run itself keeps going."""
+
+
+class DeadlockError(TetherError, RuntimeError):
+    """Raised when the synchronous facade (``tether.sync``) is called from its own
+    event-loop thread, where blocking on the loop would wait for itself forever."""
 
 
 class InvalidTransitionError(TetherError, RuntimeError):

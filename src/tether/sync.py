@@ -27,7 +27,7 @@ import atexit
 import math
 import os
 import threading
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterable
 from concurrent.futures import Future
 from contextlib import aclosing, suppress
 from functools import partial
@@ -38,18 +38,30 @@ import anyio
 from anyio.from_thread import BlockingPortal
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from . import watching
 from ._arguments import check_job, given
 from .api import _backend
 from .backend import Backend
 from .config import BackendConfig
-from .errors import ArgumentTypeError, ConfigError, TetherError
+from .errors import ArgumentTypeError, ConfigError, DeadlockError
 from .handle import RunHandle, Stream, check_stream
 from .job import Job
 from .result import RunResult, RunState
+from .watching import ReturnWhen
 
-__all__ = ["DeadlockError", "SyncRunHandle", "load_handle", "run", "submit"]
+__all__ = [
+    "DeadlockError",
+    "SyncRunHandle",
+    "as_completed",
+    "call",
+    "load_handle",
+    "run",
+    "submit",
+    "wait_all",
+]
 
 T = TypeVar("T")
+HandleT = TypeVar("HandleT", bound="RunHandle | SyncRunHandle")
 
 #: Seconds the interpreter's exit waits for the loop to finish what it must (a
 #: shielded ``cancel()`` in flight) before leaving the daemon thread behind.
@@ -57,11 +69,6 @@ STOP_GRACE = 30.0
 
 #: Log lines read ahead of the reader, and handed over per round trip to the loop.
 _LOG_BUFFER = 1024
-
-
-class DeadlockError(TetherError, RuntimeError):
-    """Raised when the synchronous facade is called from its own event-loop thread, where
-    blocking on the loop would wait for itself forever."""
 
 
 # -- the facade's event loop ------------------------------------------------------------
@@ -456,3 +463,58 @@ def _run(
     except KeyboardInterrupt:
         handle.cancel()
         raise
+
+
+# -- many runs, and any coroutine --------------------------------------------------------
+
+
+def _async_handles(handles: Iterable[RunHandle | SyncRunHandle], where: str) -> list[RunHandle]:
+    if isinstance(handles, RunHandle | SyncRunHandle):
+        raise ArgumentTypeError(f"{where} takes a list of run handles, not one handle")
+    return [h.aio if isinstance(h, SyncRunHandle) else h for h in handles]
+
+
+def wait_all(
+    handles: Iterable[HandleT],
+    return_when: ReturnWhen | str = "ALL_COMPLETED",
+    timeout: float | None = None,
+) -> tuple[set[HandleT], set[HandleT]]:
+    """:func:`tether.wait_all` without ``await``: ``(done, pending)`` sets of the
+    handles given (sync or async ones); a timeout returns, and never stops a run."""
+    where = "sync.wait_all()"
+    given_handles = list(handles)
+    inner = _async_handles(given_handles, where)
+    seconds = _check_timeout(timeout, where)
+    done, _ = _call(where, partial(watching.wait_all, inner, return_when, seconds))
+    ended = {id(handle) for handle in done}
+    finished = {h for h, a in zip(given_handles, inner, strict=True) if id(a) in ended}
+    return finished, {h for h in given_handles if h not in finished}
+
+
+def as_completed(handles: Iterable[RunHandle | SyncRunHandle]) -> Generator[RunResult, None, None]:
+    """:func:`tether.as_completed` as a plain iterator: each run's result as it ends.
+
+    Leaving the loop early (``break``, an error, Ctrl-C) stops the waiting, never a run.
+    """
+    where = "sync.as_completed()"
+    inner = _async_handles(handles, where)
+    portal = _LOOP.portal(where)
+    results = portal.call(watching.as_completed, inner)
+    try:
+        while True:
+            try:
+                yield _call(where, results.__anext__)
+            except StopAsyncIteration:
+                return
+    finally:
+        with suppress(RuntimeError):  # the loop has ended (interpreter exit)
+            portal.call(results.aclose)
+
+
+def call(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+    """Run the coroutine function ``fn(*args, **kwargs)`` on the facade's event loop and
+    return its value (re-raising its exception): any async tether API from sync code,
+    e.g. ``sync.call(tether.map_calls, square, range(10))``."""
+    if not callable(fn):
+        raise ArgumentTypeError(f"sync.call() takes a coroutine function, not {given(fn)}")
+    return _call(f"sync.call({getattr(fn, '__qualname__', fn)!r})", partial(fn, *args, **kwargs))

@@ -147,12 +147,11 @@ class Pipeline:
             self._active = None
 
     def run_sync(self, **options: Any) -> PipelineResult:
-        """:meth:`run` for synchronous code (starts and closes its own event loop)."""
+        """:meth:`run` for synchronous code, on the event loop of :mod:`tether.sync`: from a
+        plain script, and also where a loop is running (a notebook cell without ``await``)."""
+        from ..sync import call
 
-        async def main() -> PipelineResult:
-            return await self.run(**options)
-
-        return anyio.run(main)
+        return call(self.run, **options)
 
     def __repr__(self) -> str:
         return f"Pipeline({self.name!r}, steps={list(self._order)})"
