@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import anyio
 
+from . import _html, _live
+from ._live import LiveTable
 from .backend import Backend
 from .call import Call
 from .config import BackendConfig
@@ -44,13 +46,19 @@ def _default_concurrency(backend: Backend[Any]) -> int:
 
 
 class _Progress:
-    """A rich progress bar on stderr (when asked, or when stderr is a terminal)."""
+    """How a fan-out shows its progress (``progress=``).
 
-    def __init__(self, total: int, label: str, enabled: bool | None) -> None:
-        if enabled is None:
-            enabled = sys.stderr.isatty()
+    None (the default): a live table inside a Jupyter kernel, a rich bar on stderr
+    when stderr is a terminal, nothing otherwise. True: the table in a kernel, else
+    the bar (even without a terminal). False: nothing.
+    """
+
+    def __init__(self, total: int, label: str, enabled: bool | None, column: str) -> None:
         self._bar: Any = None
-        if enabled and total:
+        self._table: LiveTable | None = None
+        if total and _live.wanted(enabled):
+            self._table = LiveTable(label, map(str, range(total)), column=column)
+        elif total and (enabled or (enabled is None and sys.stderr.isatty())):
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -67,15 +75,43 @@ class _Progress:
     def __enter__(self) -> _Progress:
         if self._bar is not None:
             self._bar.start()
+        if self._table is not None:
+            self._table.__enter__()
         return self
 
-    def advance(self) -> None:
+    def started(self, index: int, handle: RunHandle) -> None:
+        """A call was submitted: its row shows the run id."""
+        if self._table is not None:
+            self._table.update(str(index), handle.state, detail=handle.run_id)
+
+    def finished(self, index: int, result: RunResult) -> None:
+        """A call ended (on its own or cancelled)."""
         if self._bar is not None:
             self._bar.advance(self._task)
+        if self._table is not None:
+            self._table.update(str(index), result.state, detail=_detail(result))
+
+    def stopped(self, index: int, handle: RunHandle) -> None:
+        """A run was cancelled by fail-fast or by our caller's cancellation."""
+        if self._table is not None:
+            self._table.update(str(index), handle.state)
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.stop()
+        if self._table is not None:
+            self._table.close()
+
+
+def _detail(result: RunResult) -> str:
+    """A finished call's row: run id and duration, and the first line of its error."""
+    text = result.run_id
+    if result.duration is not None:
+        text += f" · {result.duration:.1f} s"
+    error = (result.error or "").strip()
+    if error and not result.ok:
+        text += " · " + error.splitlines()[0][:120]
+    return text
 
 
 async def run_calls(
@@ -86,6 +122,7 @@ async def run_calls(
     keep_going: bool = False,
     progress: bool | None = None,
     label: str = "calls",
+    column: str = "call",
 ) -> list[RunResult]:
     """Run prepared calls and return their results in order (the engine of ``map_calls``).
 
@@ -117,10 +154,11 @@ async def run_calls(
                 group.cancel_scope.cancel()
                 return
             running[index] = handle
+            progress_bar.started(index, handle)
             result = await handle.wait()  # if cancelled, the handle stays in `running`
             del running[index]
             results[index] = result
-            progress_bar.advance()
+            progress_bar.finished(index, result)
             if not result.ok and not keep_going:
                 failure.append(result)
                 group.cancel_scope.cancel()
@@ -135,12 +173,14 @@ async def run_calls(
             group.cancel_scope.cancel()
             return
         running.update(enumerate(handles))
+        for index, handle in enumerate(handles):
+            progress_bar.started(index, handle)
 
         async def member(index: int, handle: RunHandle) -> None:
             result = await handle.wait()
             del running[index]
             results[index] = result
-            progress_bar.advance()
+            progress_bar.finished(index, result)
             if not result.ok and not keep_going:
                 failure.append(result)
                 group.cancel_scope.cancel()
@@ -149,7 +189,7 @@ async def run_calls(
             for index, handle in enumerate(handles):
                 members.start_soon(member, index, handle)
 
-    with _Progress(len(calls), label, progress) as bar:
+    with _Progress(len(calls), label, progress, column) as bar:
         try:
             async with anyio.create_task_group() as group:
                 if "arrays" in target.capabilities and len(calls) > 1:
@@ -163,6 +203,8 @@ async def run_calls(
                     async with anyio.create_task_group() as stopping:
                         for handle in list(running.values()):
                             stopping.start_soon(handle.cancel)
+                for index, handle in list(running.items()):
+                    bar.stopped(index, handle)
     if errors:
         raise errors[0]
     if failure:
@@ -200,7 +242,9 @@ async def map_calls(
             workers, else the number of cores.
         keep_going: run every call even after failures, then raise :class:`MapError`
             (which holds every result) if any failed.
-        progress: show a progress bar on stderr; default when stderr is a terminal.
+        progress: show progress: None (default) shows a live table inside a
+            Jupyter kernel and a bar on stderr when stderr is a terminal; True shows
+            the table in a kernel, else the bar; False shows nothing.
 
     Raises:
         Exception: the first failing call's own exception (fail-fast).
@@ -216,7 +260,7 @@ async def map_calls(
         max_concurrency=max_concurrency,
         keep_going=keep_going,
         progress=progress,
-        label=str(name),
+        label=f"map {name}",
     )
     return [result.value for result in results]
 
@@ -311,6 +355,7 @@ class Ensemble:
             keep_going=keep_going,
             progress=progress,
             label=f"ensemble of {self.n} (seed {self.seed})",
+            column="member",
         )
 
     async def run(
@@ -346,6 +391,9 @@ class Ensemble:
             keep_going=keep_going,
             progress=progress,
         )
+
+    def _repr_html_(self) -> str:
+        return _html.ensemble_html(self)
 
     def __repr__(self) -> str:
         name = self.fn if isinstance(self.fn, str) else getattr(self.fn, "__qualname__", "?")

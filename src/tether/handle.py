@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 import anyio
 
+from . import _html
 from .config import BackendConfig
 from .errors import (
     InvalidTransitionError,
@@ -108,6 +109,10 @@ class RunHandle(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} run_id={self._run_id!r} state={self._state.value}>"
+
+    def _repr_html_(self) -> str:
+        """Jupyter's rendering: the last observed state, and the result once terminal."""
+        return _html.handle_html(self)
 
     def __await__(self) -> Generator[Any, None, RunResult]:
         """``await handle`` is ``await handle.wait()``."""

@@ -10,6 +10,8 @@ from typing import Any
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from . import _html
+
 
 def utc_time(seconds: Any) -> datetime | None:
     """A UTC datetime from seconds since the epoch (as run records store times), or None."""
@@ -88,6 +90,10 @@ class RunResult(BaseModel):
         if self.started_at is None or self.ended_at is None:
             return None
         return (self.ended_at - self.started_at).total_seconds()
+
+    def _repr_html_(self) -> str:
+        """Jupyter's rendering: state, exit code, times, run folder, logs, outputs, error."""
+        return _html.result_html(self)
 
     async def read_stdout(self) -> str:
         """The run's standard output as text ('' when it was not captured)."""

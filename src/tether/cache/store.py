@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from .. import _html
 from ._blobs import BlobDir
 
 #: Blobs younger than this are never collected: a writer may not have recorded them yet.
@@ -90,6 +91,9 @@ class CacheStats:
     def to_json(self) -> dict[str, Any]:
         """JSON-ready form."""
         return asdict(self)
+
+    def _repr_html_(self) -> str:
+        return _html.cache_stats_html(self)
 
 
 class CacheStore(ABC):

@@ -13,6 +13,7 @@ import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectSendStream
 
+from .._live import pipeline_table
 from .._runs import new_run_id
 from ..backend import Backend
 from ..call import Call
@@ -54,6 +55,7 @@ class _Run:
         fail_fast: bool,
         state: Path | None,
         subscribers: list[MemoryObjectSendStream[PipelineEvent]],
+        progress: bool | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.steps = pipeline.steps
@@ -74,13 +76,20 @@ class _Run:
         self.group: anyio.abc.TaskGroup | None = None
         #: Step name → the task group of its runs, cancelled by fail-fast at once.
         self.member_groups: dict[str, anyio.abc.TaskGroup] = {}
+        #: The notebook's live table of the steps (silent outside a Jupyter kernel).
+        self.live = pipeline_table(
+            pipeline.name,
+            {name: len(step.members()) for name, step in self.steps.items()},
+            progress=progress,
+        )
 
     # -- events and journal ----------------------------------------------------------
 
     def emit(self, kind: Any, state: str, **fields: Any) -> None:
-        if not self.subscribers:
+        if not self.subscribers and not self.live.table.active:
             return
         event = PipelineEvent(kind=kind, state=state, time=datetime.now(UTC), **fields)
+        self.live.event(event)
         for send in self.subscribers:
             # A subscriber that stopped listening misses the rest, nothing more.
             with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
@@ -191,6 +200,7 @@ class _Run:
 
     async def run(self) -> PipelineResult:
         started = time.time()
+        self.live.open()
         try:
             for name, step in self.steps.items():
                 self.backends[name] = backend = self.backend_of(step)
@@ -222,6 +232,7 @@ class _Run:
                     self.journal.close()
             success = all(r.state is StepState.SUCCEEDED for r in self.reports.values())
             self.emit("pipeline", "SUCCEEDED" if success else "FAILED")
+            self.live.close()
             for send in self.subscribers:
                 send.close()
 

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from .. import _html
 from ..result import RunResult, RunState
 
 
@@ -71,6 +72,9 @@ class StepReport(BaseModel):
     runs: list[MemberReport] = Field(default_factory=list)
     postprocess_results: list[dict[str, Any]] = Field(default_factory=list)
 
+    def _repr_html_(self) -> str:
+        return _html.step_html(self)
+
     @property
     def outputs(self) -> list[Path]:
         """Every run's output files, in member order."""
@@ -105,6 +109,13 @@ class PipelineResult(BaseModel):
 
     _values: dict[str, list[Any]] = PrivateAttr(default_factory=dict)
     _fanned_out: set[str] = PrivateAttr(default_factory=set)
+
+    def _repr_html_(self) -> str:
+        return _html.pipeline_html(self)
+
+    def __repr__(self) -> str:
+        steps = ", ".join(f"{name}={step.state.value}" for name, step in self.steps.items())
+        return f"<PipelineResult {self.name!r} success={self.success} steps: {steps}>"
 
     def __getitem__(self, key: str) -> Any:
         if key in _KEYS:

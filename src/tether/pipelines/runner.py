@@ -115,6 +115,7 @@ class Pipeline:
         max_concurrency: int | None = None,
         fail_fast: bool = True,
         state: str | Path | None = None,
+        progress: bool | None = None,
     ) -> PipelineResult:
         """Run every step that has not finished yet; return the full report.
 
@@ -125,6 +126,9 @@ class Pipeline:
                 steps not started; with False, only the dependants of a failed
                 step are skipped and everything else runs.
             state: the state file (default: the pipeline's).
+            progress: inside a Jupyter kernel, a live table of the steps updates
+                in place while the pipeline runs (None, the default); False turns
+                it off. Outside a kernel nothing is shown either way.
 
         Cancelling the awaiting task cancels the pipeline's runs, records them
         CANCELLED and re-raises; a later run with the state file picks up there.
@@ -139,7 +143,14 @@ class Pipeline:
                 send.close()
             raise ConfigError(f"max_concurrency must be an int >= 1, not {max_concurrency!r}")
         path = Path(state) if state is not None else self.state
-        runner = _Run(self, max_concurrency or DEFAULT_CONCURRENCY, fail_fast, path, subscribers)
+        try:
+            runner = _Run(
+                self, max_concurrency or DEFAULT_CONCURRENCY, fail_fast, path, subscribers, progress
+            )
+        except BaseException:
+            for send in subscribers:
+                send.close()
+            raise
         self._active = runner
         try:
             return await runner.run()
