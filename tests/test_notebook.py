@@ -90,6 +90,15 @@ CELLS = {
             by_timer = table.draws
         print(json.dumps({"burst": burst, "by_timer": by_timer}))
     """,
+    "wait_all": """
+        local = tether.LocalConfig().create()
+        runs = [
+            await local.submit(tether.Job(name=f"nap{i}", command=f"sleep {0.3 * i}; exit {i}"))
+            for i in range(3)
+        ]
+        done, pending = await tether.wait_all(runs, timeout=120)
+        print(len(done), len(pending))
+    """,
     "pipeline": """
         first = tether.Step("first", tether.Call(slow_square, 3))
         second = tether.Step("second", tether.Call(slow_square, first.value))
@@ -181,6 +190,18 @@ def test_a_failure_shows_in_its_row_and_cancelled_runs_end_the_table(
     final = check_html(messages[-1]["data"]["text/html"])
     assert "member one is bad" in final.text and "FAILED" in final.text
     assert "CANCELLED" in final.text  # the 30 s member, stopped by fail-fast
+    assert "RUNNING" not in final.text
+
+
+def test_wait_all_shows_the_runs_until_they_end(notebook: dict[str, Cell]) -> None:
+    cell = notebook["wait_all"]
+    assert cell.stdout().strip() == "3 0"
+    _, messages = _live_updates(cell)
+    first = check_html(messages[0]["data"]["text/html"])
+    assert "waiting" in first.text and "3/3 done" not in first.text
+    final = check_html(messages[-1]["data"]["text/html"])
+    assert "3/3 done" in final.text and "SUCCEEDED 1 FAILED 2" in final.text
+    assert all(f"exit code {i}" in final.text for i in range(3))
     assert "RUNNING" not in final.text
 
 

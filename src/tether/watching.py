@@ -32,6 +32,7 @@ from typing import Any, Generic, Self, TypeVar
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from ._live import live_table
 from .errors import ArgumentTypeError, ConfigError
 from .handle import RunHandle
 from .result import RunResult, RunState
@@ -121,6 +122,8 @@ async def wait_all(
     handles: Iterable[H],
     return_when: ReturnWhen | str = ALL_COMPLETED,
     timeout: float | None = None,
+    *,
+    progress: bool | None = None,
 ) -> tuple[set[H], set[H]]:
     """Wait for the runs; return ``(done, pending)``, two sets of handles.
 
@@ -131,6 +134,9 @@ async def wait_all(
     with none, every run is terminal). When ``timeout`` seconds run out it returns
     what is done so far and raises nothing; it never cancels a run, and the runs in
     ``pending`` go on. An empty list returns two empty sets at once.
+
+    Inside a Jupyter kernel a table of the runs' states updates in place while it
+    waits (``progress=False``: never); nothing is shown in a terminal or a script.
 
     Raises:
         ConfigError: ``return_when`` or ``timeout`` is not one of the accepted values.
@@ -151,16 +157,34 @@ async def wait_all(
             return bool(done)
         return until is ReturnWhen.FIRST_FAILED and failed
 
-    if not reached():
-        pending = {id(handle): handle for handle in distinct if handle not in done}
-        with anyio.move_on_after(timeout):
-            async with Watching(_Feed(list(pending.values()), states=False), _itself) as changes:
-                async for change in changes:
-                    done.add(pending[id(change.handle)])
-                    failed = failed or change.result is None or not change.result.ok
-                    if reached():
-                        break
+    table = live_table("waiting", [handle.run_id for handle in distinct], progress=progress)
+    with table:
+        for handle in distinct:
+            table.update(handle.run_id, handle.state)
+        if not reached():
+            pending = {id(handle): handle for handle in distinct if handle not in done}
+            # With a table to keep current, RUNNING is news too (one shared round).
+            feed = _Feed(list(pending.values()), states=table.active)
+            with anyio.move_on_after(timeout):
+                async with Watching(feed, _itself) as changes:
+                    async for change in changes:
+                        table.update(change.run_id, change.new_state, _detail(change.result))
+                        if not change.is_terminal:
+                            continue
+                        done.add(pending[id(change.handle)])
+                        failed = failed or change.result is None or not change.result.ok
+                        if reached():
+                            break
     return done, {handle for handle in distinct if handle not in done}
+
+
+def _detail(result: RunResult | None) -> str | None:
+    """A live table row's detail for an ended run: its exit code, or its error."""
+    if result is None:
+        return None
+    if not result.ok and result.error:
+        return result.error.strip().splitlines()[0][:120]
+    return None if result.exit_code is None else f"exit code {result.exit_code}"
 
 
 # -- the iterator ------------------------------------------------------------------------
