@@ -160,6 +160,8 @@ class DummyRunHandle(RunHandle):
     """Handle of a simulated run; its state is computed from the clock."""
 
     backend_type: ClassVar[str] = "dummy"
+    #: wait() refreshes until the end, so it reports RUNNING by itself.
+    _wait_reports_running: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -40,6 +40,8 @@ class SlurmRunHandle(RunHandle):
     """Handle of one Slurm job (or array member); see the module docstring."""
 
     backend_type: ClassVar[str] = "slurm"
+    #: The watcher that wait() drives moves a started job to RUNNING.
+    _wait_reports_running: ClassVar[bool] = True
 
     def __init__(
         self,
