@@ -288,7 +288,7 @@ def build_find(state: Path, work: Path, *, stall: bool = False, on: str = "local
     if stall:
         base: Any = type(config.create())
 
-        class Stalling(base):  # type: ignore[misc, valid-type]
+        class Stalling(base):  # type: ignore[misc]
             async def submit(self, job: Any, *, run_id: str | None = None) -> Any:
                 handle = await super().submit(job, run_id=run_id)
                 if on != "local":  # killed before the record was written
@@ -302,6 +302,42 @@ def build_find(state: Path, work: Path, *, stall: bool = False, on: str = "local
     first = Step("produce", Call(produce, work=str(work), pause=0.5))
     second = Step("double", Call(double, first.value, work=str(work)))
     return Pipeline([first, second], name=FIND_NAME, backend=backend, state=state)
+
+
+def kill_inside_submit_and_resume(tmp_path: Path, on: str) -> None:
+    """The find pipeline ``on`` a backend, SIGKILLed inside its first submit (the run's id
+    journaled, its handle not), then resumed: it finds that run, and every step ran once."""
+    import signal
+    import subprocess
+
+    from tether.pipelines import journal
+
+    state, work = tmp_path / "state.jsonl", tmp_path / "work"
+    log = tmp_path / "killed.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, __file__, f"--{on}", "--stall", str(state), str(work)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    marker = work / SUBMITTED
+    deadline = time.monotonic() + 60
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert marker.exists(), log.read_text()
+    run_id = marker.read_text()
+    member = journal.read(state).steps["produce"].members[0]
+    assert (member.run_id, member.handle) == (run_id, None)
+
+    result = build_find(state, work, on=on).run_sync()
+    assert result.success, result
+    run = result.steps["produce"].runs[0]
+    assert (run.origin, run.run_id) == ("found", run_id)
+    assert result.value("double") == 42
+    effects = {p.stem: len(p.read_text().splitlines()) for p in (work / "effects").glob("*.log")}
+    assert effects == {"produce": 1, "double": 1}
 
 
 # -- the script -------------------------------------------------------------------------

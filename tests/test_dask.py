@@ -486,40 +486,9 @@ def test_a_pipeline_killed_inside_a_dask_submit_finds_its_run(
 ) -> None:
     """The pipeline SIGKILLed after the scheduler took the run but before its record was
     written: the resumed pipeline finds the run on the scheduler, and every step ran once."""
-    import signal
-    import subprocess
-    import sys
-
-    from tether.pipelines import journal
-
     from . import pipeline_crash_support as support
 
-    state, work = tmp_path / "state.jsonl", tmp_path / "work"
-    log = tmp_path / "killed.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, support.__file__, "--dask", "--stall", str(state), str(work)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    marker = work / support.SUBMITTED
-    deadline = time.monotonic() + 60
-    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert marker.exists(), log.read_text()
-    run_id = marker.read_text()
-    member = journal.read(state).steps["produce"].members[0]
-    assert (member.run_id, member.handle) == (run_id, None)
-
-    result = support.build_find(state, work, on="dask").run_sync()
-    assert result.success, result
-    run = result.steps["produce"].runs[0]
-    assert (run.origin, run.run_id) == ("found", run_id)
-    assert result.value("double") == 42
-    effects = {p.stem: len(p.read_text().splitlines()) for p in (work / "effects").glob("*.log")}
-    assert effects == {"produce": 1, "double": 1}
+    support.kill_inside_submit_and_resume(tmp_path, "dask")
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])

@@ -13,9 +13,7 @@ import itertools
 import json
 import math
 import os
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -34,7 +32,6 @@ from tether import (
     SlurmRunHandle,
     SubmitError,
 )
-from tether.pipelines import journal
 
 from . import pipeline_crash_support as support
 from .contract.harness import kill_run
@@ -328,33 +325,7 @@ async def test_a_cached_slurm_step_runs_once(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(120)
 def test_a_pipeline_killed_inside_a_slurm_submit_finds_its_job(tmp_path: Path) -> None:
-    state, work = tmp_path / "state.jsonl", tmp_path / "work"
-    script = Path(support.__file__)
-    log = tmp_path / "killed.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, str(script), "--slurm", "--stall", str(state), str(work)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    marker = work / support.SUBMITTED
-    deadline = time.monotonic() + 60
-    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert marker.exists(), log.read_text()
-    run_id = marker.read_text()
-    member = journal.read(state).steps["produce"].members[0]
-    assert (member.run_id, member.handle) == (run_id, None)
-
-    result = support.build_find(state, work, on="slurm").run_sync()
-    assert result.success, result
-    run = result.steps["produce"].runs[0]
-    assert (run.origin, run.run_id) == ("found", run_id)
-    assert result.value("double") == 42
-    effects = {p.stem: len(p.read_text().splitlines()) for p in (work / "effects").glob("*.log")}
-    assert effects == {"produce": 1, "double": 1}
+    support.kill_inside_submit_and_resume(tmp_path, "slurm")
 
 
 async def test_gpus_on_a_cluster_without_them_is_slurms_refusal(tmp_path: Path) -> None:
