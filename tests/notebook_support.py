@@ -7,12 +7,18 @@ default cache store in a temporary folder, and returns each cell's outputs and
 every iopub message the cell received, ``update_display_data`` included (a
 notebook file keeps only the final state of an updated display).
 
+:func:`run_notebook_file` does the same for a notebook file, cell by cell, and
+restarts the kernel where a markdown cell tagged ``restart-kernel`` tells the
+reader to: the cells after it run in a new kernel process, as they would for a
+reader who follows the notebook.
+
 :func:`check_html` is a small well-formedness check over ``html.parser``: every
 tag closed, properly nested, no stray end tags.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -41,6 +47,22 @@ class Cell:
     source: str
     outputs: list[dict[str, Any]]
     messages: list[dict[str, Any]] = field(default_factory=list)
+    #: The cell's ``metadata.tags``.
+    tags: list[str] = field(default_factory=list)
+    #: The process id of the kernel that ran the cell (only from run_notebook_file).
+    kernel_pid: int | None = None
+
+    def stderr(self) -> str:
+        """Everything the cell wrote to stderr."""
+        return "".join(
+            o.get("text", "")
+            for o in self.outputs
+            if o.get("output_type") == "stream" and o.get("name") == "stderr"
+        )
+
+    def errors(self) -> list[dict[str, Any]]:
+        """The cell's error outputs (an exception the cell raised)."""
+        return [o for o in self.outputs if o.get("output_type") == "error"]
 
     def stdout(self) -> str:
         """Everything the cell printed."""
@@ -98,15 +120,9 @@ def _kernel_specs(folder: Path) -> KernelSpecManager:
     return KernelSpecManager(kernel_dirs=[str(folder / "kernels")])
 
 
-def run_notebook(cells: list[str], folder: Path) -> list[Cell]:
-    """Execute ``cells`` in order on a fresh kernel running in ``folder``; their outputs.
-
-    A cell that raises fails the run (nbclient's ``CellExecutionError`` with the
-    traceback). The kernel's ``TETHER_HOME`` is ``folder/tether-home``.
-    """
+def _client(notebook: Any, folder: Path) -> tuple[_RecordingClient, dict[str, str]]:
+    """A client for ``notebook`` on a kernel of this interpreter in ``folder``, and its env."""
     folder.mkdir(parents=True, exist_ok=True)
-    notebook = nbformat.v4.new_notebook()
-    notebook.cells = [nbformat.v4.new_code_cell(source) for source in cells]
     env = os.environ.copy()
     env["TETHER_HOME"] = str(folder / "tether-home")
     env["TETHER_CACHE_STORE"] = str(folder / "tether-cache.sqlite")
@@ -126,13 +142,74 @@ def run_notebook(cells: list[str], folder: Path) -> list[Cell]:
         kernel_name=_KERNEL,
         resources={"metadata": {"path": str(folder)}},
     )
+    return client, env
+
+
+def _cells(client: _RecordingClient, pids: dict[int, int] | None = None) -> list[Cell]:
+    return [
+        Cell(
+            cell.source,
+            [dict(o) for o in cell.outputs],
+            client.messages.get(index, []),
+            list(cell.metadata.get("tags", [])),
+            (pids or {}).get(index),
+        )
+        for index, cell in enumerate(client.nb.cells)
+        if cell.cell_type == "code"
+    ]
+
+
+def run_notebook(cells: list[str], folder: Path) -> list[Cell]:
+    """Execute ``cells`` in order on a fresh kernel running in ``folder``; their outputs.
+
+    A cell that raises fails the run (nbclient's ``CellExecutionError`` with the
+    traceback). The kernel's ``TETHER_HOME`` is ``folder/tether-home``.
+    """
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell(source) for source in cells]
+    client, env = _client(notebook, folder)
     # We made the kernel manager, so nbclient would leave the kernel running: ask it
     # to shut the kernel down and close its channels when the notebook is done.
     client.execute(env=env, cleanup_kc=True)
-    return [
-        Cell(cell.source, [dict(o) for o in cell.outputs], client.messages.get(index, []))
-        for index, cell in enumerate(notebook.cells)
-    ]
+    return _cells(client)
+
+
+#: The tag of a markdown cell that tells the reader to restart the kernel.
+RESTART_TAG = "restart-kernel"
+
+
+def run_notebook_file(path: Path, folder: Path) -> list[Cell]:
+    """Execute the notebook at ``path`` in ``folder``, restarting the kernel where it says.
+
+    Cells run one by one on a fresh kernel whose working directory is ``folder``
+    (copy the notebook's folder there first: nothing is written next to ``path``).
+    At each markdown cell tagged :data:`RESTART_TAG` the kernel is restarted, as
+    Jupyter's *Restart Kernel* does (a new process, the same connection), so the
+    cells below it run in a new process. Returns the code cells, each with the pid
+    of the kernel that ran it. A cell that raises fails the run.
+    """
+    notebook = nbformat.read(path, as_version=4)
+    client, env = _client(notebook, folder)
+    pids = asyncio.run(_execute_with_restarts(client, env))
+    return _cells(client, pids)
+
+
+async def _execute_with_restarts(client: _RecordingClient, env: dict[str, str]) -> dict[int, int]:
+    pids: dict[int, int] = {}
+    client.reset_execution_trackers()
+    async with client.async_setup_kernel(env=env, cleanup_kc=True):
+        assert client.km is not None and client.kc is not None
+        for index, cell in enumerate(client.nb.cells):
+            if cell.cell_type == "markdown" and RESTART_TAG in cell.metadata.get("tags", []):
+                await client.km.restart_kernel(now=False)
+                await client.kc.wait_for_ready(timeout=STARTUP_TIMEOUT)
+            if cell.cell_type != "code":
+                continue
+            await client.async_execute_cell(
+                cell, index, execution_count=client.code_cells_executed + 1
+            )
+            pids[index] = client.km.provisioner.pid
+    return pids
 
 
 _VOID = {"br", "hr", "img", "input", "meta", "link", "wbr", "col", "area", "source"}
