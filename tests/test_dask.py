@@ -333,7 +333,9 @@ def _self_signed(where: Path) -> tuple[Path, Path]:
     import subprocess
 
     if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a test certificate")
+        from .services import missing
+
+        missing("openssl is needed to make a test certificate (apt-get install openssl)")
     cert, key = where / "cert.pem", where / "key.pem"
     request = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
     names = ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
