@@ -62,6 +62,7 @@ from .pipelines import (
 from .postprocess import ArchivePostprocessor, NoopPostprocessor, Postprocessor
 from .registry import backend_configs, load_config, load_handle, load_job
 from .result import RunResult, RunState
+from .retry import Attempt, Backoff, RetryConfig, RetryingBackend, RetryPolicy, RetryRunHandle
 from .sync import SyncRunHandle
 from .watching import (
     ALL_COMPLETED,
@@ -81,12 +82,14 @@ __all__ = [
     "FIRST_FAILED",
     "ArchivePostprocessor",
     "ArgumentTypeError",
+    "Attempt",
     "Availability",
     "Backend",
     "BackendConfig",
     "BackendError",
     "BackendInfo",
     "BackendUnavailableError",
+    "Backoff",
     "CacheStore",
     "CachedBackend",
     "CachedConfig",
@@ -125,6 +128,10 @@ __all__ = [
     "RecordError",
     "RecordVersionError",
     "Resources",
+    "RetryConfig",
+    "RetryPolicy",
+    "RetryRunHandle",
+    "RetryingBackend",
     "ReturnWhen",
     "RunFailedError",
     "RunHandle",

@@ -32,6 +32,9 @@ from tether import (
     Job,
     LocalConfig,
     LocalRunHandle,
+    RetryingBackend,
+    RetryPolicy,
+    RetryRunHandle,
     RunHandle,
     SlurmConfig,
     SlurmRunHandle,
@@ -467,6 +470,41 @@ class CachedDummyHarness(CachedHarness):
     inner = DummyHarness
 
 
+class RetryHarness(Harness):
+    """A backend wrapped in RetryingBackend. The policy retries only exit code 75,
+    which no contract job uses: each contract holds for the handle of all attempts
+    (tests/test_retry.py exercises the retries themselves)."""
+
+    inner: type[Harness]
+
+    def __init__(self, runs_dir: Path) -> None:
+        super().__init__(runs_dir)
+        self.wrapped = self.inner(runs_dir)
+
+    def make(self, **behaviour):  # type: ignore[no-untyped-def]
+        backend, job = self.wrapped.make(**behaviour)
+        policy = RetryPolicy(retries=2, retry_on=["FAILED"], exit_codes=[75], backoff=0.1)
+        return RetryingBackend(backend, policy), job
+
+    def assert_nothing_running(self, handle: RunHandle) -> None:
+        assert isinstance(handle, RetryRunHandle) and handle.current is not None
+        self.wrapped.assert_nothing_running(handle.current)
+
+    def lose(self, handle: RunHandle) -> None:
+        assert isinstance(handle, RetryRunHandle) and handle.current is not None
+        self.wrapped.lose(handle.current)
+
+
+class RetryLocalHarness(RetryHarness):
+    name = "retry-local"
+    inner = LocalHarness
+
+
+class RetryDummyHarness(RetryHarness):
+    name = "retry-dummy"
+    inner = DummyHarness
+
+
 HARNESSES: dict[str, type[Harness]] = {
     "local": LocalHarness,
     "local-python": PythonSupervisorHarness,
@@ -484,4 +522,6 @@ HARNESSES: dict[str, type[Harness]] = {
     "cached-dummy": CachedDummyHarness,
     "cached-dask": CachedDaskHarness,
     "nohup": NohupHarness,
+    "retry-local": RetryLocalHarness,
+    "retry-dummy": RetryDummyHarness,
 }

@@ -28,6 +28,7 @@ from ..postprocess.base import (
 )
 from ..result import RunResult, RunState
 from ._reports import all_succeeded, json_params, member_report, now, stage_report, when
+from ._retries import adopt, journal_attempts
 from .graph import dependants
 from .journal import Journal, MemberRecord, Replay
 from .report import (
@@ -108,7 +109,8 @@ class _Run:
 
             chosen = LocalConfig()
         cache = step.cache
-        memo = (id(chosen), json.dumps(cache, sort_keys=True, default=str))
+        retry = None if step.retry is None else step.retry.model_dump(mode="json")
+        memo = (id(chosen), json.dumps([cache, retry], sort_keys=True, default=str))
         made = self._made.get(memo)
         if made is not None:
             return made
@@ -122,6 +124,13 @@ class _Run:
             except ValueError as exc:
                 raise ConfigError(f"step {step.name!r}: invalid cache options: {exc}") from None
         backend = chosen.create() if isinstance(chosen, BackendConfig) else chosen
+        if step.retry is not None:  # outside the cache: each attempt is a cache submission
+            from ..retry.backend import RetryingBackend
+
+            try:
+                backend = RetryingBackend(backend, step.retry)
+            except ConfigError as exc:
+                raise ConfigError(f"step {step.name!r}: {exc}") from None
         self._made[memo] = backend
         return backend
 
@@ -434,6 +443,7 @@ class _Run:
                 origin = "submitted"
             report.run_id, report.origin = handle.run_id, origin
             report.state = handle.state
+            journal_attempts(handle, report, self.record, name, index)
             self.emit(
                 "run",
                 handle.state.value,
@@ -481,6 +491,7 @@ class _Run:
                 from ..registry import handle_from_record
 
                 handle, origin = handle_from_record(member.handle), "reattached"
+                adopt(handle, job, backend)
                 await handle.refresh()
             elif member.run_id is not None and "find" in backend.capabilities:
                 handle, origin = await backend.find(job, member.run_id), "found"

@@ -38,6 +38,8 @@ class MemberRecord:
     handle: dict[str, Any] | None = None
     #: The RunResult JSON, once the run ended.
     result: dict[str, Any] | None = None
+    #: A retried run's attempts so far (number, run id, state, reason of each).
+    attempts: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -106,12 +108,15 @@ def apply(replay: Replay, event: dict[str, Any]) -> None:
         member = step.members.setdefault(index, MemberRecord())
         if "run_id" in event:  # a new submission replaces what an earlier one left
             member.run_id, member.handle, member.result = event["run_id"], None, None
+            member.attempts = []
         if "handle" in event:
             member.handle = event["handle"]
             # The backend's own id (one without ``find`` names its runs itself).
             member.run_id = str(event["handle"].get("run_id", member.run_id))
         if "result" in event:
             member.result = event["result"]
+        if isinstance(event.get("attempts"), list):
+            member.attempts = event["attempts"]
     elif kind == "post":
         about = event.get("member")
         step.posts[about if isinstance(about, int) else len(step.posts)] = dict(
@@ -264,6 +269,8 @@ class Journal:
                     event["handle"] = member.handle
                 if member.result is not None:
                     event["result"] = member.result
+                if member.attempts:
+                    event["attempts"] = member.attempts
                 lines.append(event)
             for stage, info in step.stages.items():
                 lines.append({"e": "stage", "step": name, "stage": stage, **info})

@@ -53,6 +53,8 @@ class MemberReport(BaseModel):
     #: running), "found" (found by run id after a crash), or "recorded" (finished before).
     origin: Origin | None = None
     result: RunResult | None = None
+    #: How many attempts a retried run took (None: the step has no retry policy).
+    attempts: int | None = None
 
 
 class StepReport(BaseModel):

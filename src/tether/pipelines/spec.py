@@ -59,6 +59,9 @@ class StepSpec(BaseModel):
     ensemble: EnsembleSpec | None = None
     backend: dict[str, Any] | None = Field(None, description="Backend config (with a 'type').")
     cache: bool | dict[str, Any] = Field(False, description="Cache the step's runs.")
+    retry: int | dict[str, Any] | None = Field(
+        None, description="Retry policy (its options), or a number of retries."
+    )
     depends_on: list[str] = Field(default_factory=list)
     inputs_from: list[str] = Field(default_factory=list)
     over: list[dict[str, Any]] | dict[str, list[Any]] | None = None
@@ -166,6 +169,7 @@ def _step(spec: StepSpec, index: int, path: Path, lines: dict[Loc, int], base: P
     options: dict[str, Any] = {
         "backend": backend,
         "cache": spec.cache,
+        "retry": spec.retry,
         "depends_on": spec.depends_on,
         "inputs_from": spec.inputs_from,
         "processor": spec.processor,

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
 from .._arguments import backend_argument
 from .._loading import quote
 from ..backend import Backend
@@ -27,6 +29,7 @@ from ..config import BackendConfig
 from ..errors import ConfigError
 from ..job import Job
 from ..postprocess.base import Postprocessor, processor_name
+from ..retry.policy import RetryPolicy
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -156,6 +159,9 @@ class Step:
         over: fan out, one run per parameter set: a list of mappings, or a mapping
             of lists (every combination). A Call gets the parameters as keyword
             arguments; a command gets them in its ``{placeholders}``.
+        retry: run each member again after a passing failure: a
+            :class:`~tether.retry.RetryPolicy`, its options as a mapping, or a number
+            of retries. A resumed pipeline carries on with the attempt it was at.
     """
 
     def __init__(
@@ -170,6 +176,7 @@ class Step:
         processor: str | Postprocessor | None = None,
         process_kwargs: Mapping[str, Any] | None = None,
         over: Sequence[Params] | Mapping[str, Sequence[Any]] | None = None,
+        retry: RetryPolicy | Mapping[str, Any] | int | None = None,
     ) -> None:
         if not isinstance(name, str) or not _NAME.match(name):
             raise ConfigError(
@@ -184,11 +191,14 @@ class Step:
         self.inputs_from = _names(inputs_from, "inputs_from", name)
         self.processor = processor
         self.process_kwargs = dict(process_kwargs or {})
+        self.retry = _retry_policy(retry, name)
         self.params: list[dict[str, Any]] | None = None
         self._ensemble: dict[str, Any] | None = None
         self._members: list[Job] | None = None
         if job is not None and not isinstance(job, Job):
             raise ConfigError(f"step {name!r}: job must be a Job or a Call, not {job!r}")
+        if job is None and self.retry is not None:
+            raise ConfigError(f"step {name!r}: 'retry' reruns a job; this step has none")
         if job is None:
             if processor is None:
                 raise ConfigError(f"step {name!r} needs a job, or a processor to postprocess with")
@@ -331,6 +341,27 @@ def _canonical(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {key: _canonical(value) for key, value in obj.items()}
     return obj
+
+
+def _retry_policy(retry: Any, step: str) -> RetryPolicy | None:
+    """A policy from a policy, a mapping of its options, or a number of retries."""
+    if retry is None or isinstance(retry, RetryPolicy):
+        return retry
+    if isinstance(retry, bool) or not isinstance(retry, int | Mapping):
+        raise ConfigError(
+            f"step {step!r}: retry must be a RetryPolicy, a mapping of its options or a "
+            f"number of retries, not {retry!r}"
+        )
+    try:
+        if isinstance(retry, int):
+            return RetryPolicy(retries=retry)
+        return RetryPolicy.model_validate(dict(retry))
+    except ValidationError as exc:
+        detail = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'retry'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"step {step!r}: invalid retry policy: {detail}") from None
 
 
 def _backend(backend: Any, step: str) -> Backend[Any] | BackendConfig | None:
