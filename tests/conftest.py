@@ -25,6 +25,8 @@ def tether_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TETHER_HOME", str(home))
     # The default cache store too (not XDG_CACHE_HOME: the compiled supervisor lives there).
     monkeypatch.setenv("TETHER_CACHE_STORE", str(tmp_path / "tether-cache.sqlite"))
+    # Resource slots of its own too: no test waits for another test's GPUs.
+    monkeypatch.setenv("TETHER_SLOTS_DIR", str(tmp_path / "tether-slots"))
     return home
 
 

@@ -171,7 +171,7 @@ def test_backends_list_text_and_json(cli: CLI) -> None:
     listed = json.loads(cli("backends", "list", "--available", "--json").stdout)
     local = next(item for item in listed if item["name"] == "local")
     assert local["usable"] is True and "reattach" in local["capabilities"]
-    assert local["config_class"] == "tether.backends.local.LocalConfig"
+    assert local["config_class"] == "tether.backends.local.config.LocalConfig"
 
 
 def test_detach_then_status_logs_wait_and_ls(cli: CLI) -> None:

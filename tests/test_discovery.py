@@ -55,7 +55,7 @@ def test_list_backends_lists_builtins_with_their_classes() -> None:
     assert "commands" in found["local"].capabilities
     assert "simulated" in found["dummy"].capabilities
     assert "simulated" not in found["local"].capabilities
-    assert found["local"].to_json()["config_class"] == "tether.backends.local.LocalConfig"
+    assert found["local"].to_json()["config_class"] == "tether.backends.local.config.LocalConfig"
     assert found["local"].to_json()["usable"] is None  # unknown until checked
 
 

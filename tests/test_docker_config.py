@@ -467,13 +467,25 @@ async def test_mpiexec_without_any_command_fails_before_the_engine(tmp_path: Pat
         await config.create().submit(Job(command="true"))
 
 
-@pytest.mark.asyncio
-async def test_a_job_asking_for_gpus_fails_before_the_engine(tmp_path: Path) -> None:
-    config = DockerConfig(image=IMPORTED_IMAGE, docker_host=NO_ENGINE, runs_dir=tmp_path)
-    job = Job(name="gpu-job", command="true", resources=Resources(gpus=1))
-    with pytest.raises(ConfigError, match="'gpu-job' asks for GPUs"):
-        await config.create().submit(job)
-    assert list(tmp_path.iterdir()) == []
+def test_a_job_asking_for_gpus_gets_device_requests(tmp_path: Path) -> None:
+    """resources.gpus becomes the engine's DeviceRequests, as ``docker run --gpus N``."""
+    backend = DockerConfig(image=IMPORTED_IMAGE, docker_host=NO_ENGINE).create()
+    job = Job(name="gpu-job", command="true", resources=Resources(gpus=2))
+    spec = backend._spec(
+        job, image=IMPORTED_IMAGE, command=["true"], run_id="r", run_dir=tmp_path, workdir=None
+    )
+    assert spec["HostConfig"]["DeviceRequests"] == [
+        {"Driver": "", "Count": 2, "DeviceIDs": None, "Capabilities": [["gpu"]], "Options": {}}
+    ]
+    plain = backend._spec(
+        Job(command="true"),
+        image=IMPORTED_IMAGE,
+        command=None,
+        run_id="r",
+        run_dir=tmp_path,
+        workdir=None,
+    )
+    assert "DeviceRequests" not in plain["HostConfig"]
 
 
 def test_mpiexec_must_split_into_words_and_blank_means_none() -> None:

@@ -36,3 +36,23 @@ async def test_test_images_run_without_network(docker_engine: Any, image: str) -
         assert out.split()[1:] == ["lo"]  # network mode none: loopback only
     finally:
         await container.delete(force=True)
+
+
+async def test_the_engine_takes_the_gpu_device_requests(docker_engine: Any, tmp_path: Any) -> None:
+    """The engine stores what tether asks for GPUs (starting needs a GPU driver, which
+    this engine may lack: only the created container's HostConfig is checked)."""
+    from tether import DockerConfig, Job
+
+    backend = DockerConfig(image=IMPORTED_IMAGE).create()
+    job = Job(command="true", resources={"gpus": 1})
+    spec = backend._spec(
+        job, image=IMPORTED_IMAGE, command=["true"], run_id="r", run_dir=tmp_path, workdir=None
+    )
+    spec["Labels"] = {"tether.test": "1"}
+    container = await docker_engine.containers.create(spec)
+    try:
+        info = await container.show()
+        requests = info["HostConfig"]["DeviceRequests"]
+        assert [(r["Count"], r["Capabilities"]) for r in requests] == [(1, [["gpu"]])]
+    finally:
+        await container.delete(force=True)

@@ -124,14 +124,16 @@ def _supervised_folder(pid: int, args: list[bytes]) -> bytes | None:
     """The run folder argument of a tether supervisor's command line, else None.
 
     The native one is ``tether-supervise-<digest> RUN_DIR ...``; the Python one is
-    ``python -I -S .../_supervisor/fallback.py RUN_DIR ...``.
+    ``python -I -S .../_supervisor/fallback.py RUN_DIR ...`` (or ``admit.py``, the
+    admission to resource slots that becomes the supervisor once admitted).
     """
     if len(args) > 1 and os.path.basename(args[0]).startswith(b"tether-supervise"):
         return args[1] if _exe_name(pid).startswith("tether-supervise") else None
+    scripts = (b"fallback.py", b"admit.py")  # admit.py execs the supervisor once admitted
     if (
         len(args) > 4
         and args[1:3] == [b"-I", b"-S"]
-        and args[3].endswith(os.path.join(b"_supervisor", b"fallback.py"))
+        and any(args[3].endswith(os.path.join(b"_supervisor", name)) for name in scripts)
     ):
         return args[4]
     return None

@@ -37,6 +37,8 @@ RESERVED = frozenset(
         "outcome.pkl.sig",
         ".tether-outcome.pkl.sig",
         ".exit.json.tmp",
+        "slots.json",
+        "slots-request.json",
     }
 )
 

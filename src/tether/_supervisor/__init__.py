@@ -116,3 +116,13 @@ def supervisor_argv() -> list[str]:
             )
         _cached[choice] = argv
         return argv
+
+
+def admission_argv() -> list[str]:
+    """argv prefix of the admission step to resource slots (``admit.py``, stdlib only).
+
+    It takes the supervisor's arguments, waits for the run's slots and then execs
+    the supervisor named in the run's request; see its module docstring.
+    """
+    script = Path(__file__).with_name("admit.py")
+    return [sys.executable, "-I", "-S", str(script)]

@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import json
 import os
+import resource
 import select
 import signal
 import sys
@@ -179,6 +180,7 @@ def main(argv: list[str]) -> int:
     if capture == "1":
         out = os.open(os.path.join(run_dir, "stdout"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         err = os.open(os.path.join(run_dir, "stderr"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    cgroup, rlimit = _take_limits()
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: only os calls until exec
@@ -189,6 +191,7 @@ def main(argv: list[str]) -> int:
             signal.set_wakeup_fd(-1)
             signal.pthread_sigmask(signal.SIG_SETMASK, set())
             os.setpgid(0, 0)
+            _apply_limits(cgroup, rlimit)
             if out is not None and err is not None:
                 os.dup2(out, 1)
                 os.dup2(err, 2)
@@ -313,6 +316,28 @@ def _owner_fd() -> int | None:
         return os.pidfd_open(int(owner))
     except (ProcessLookupError, ValueError):
         return -1
+
+
+def _take_limits() -> tuple[str | None, int]:
+    """The command's memory limit asked by the admission step (see supervise.c, item 4),
+    taken out of the environment so the command does not inherit it."""
+    cgroup = os.environ.pop("TETHER_RUN_CGROUP", None)
+    rlimit = os.environ.pop("TETHER_RUN_RLIMIT_DATA", None)
+    return cgroup, int(rlimit) if rlimit and rlimit.isdigit() else 0
+
+
+def _apply_limits(cgroup: str | None, rlimit: int) -> None:
+    """In the child before exec: join the cgroup, else limit the data segment."""
+    joined = False
+    if cgroup:
+        try:
+            with open(os.path.join(cgroup, "cgroup.procs"), "w") as handle:
+                handle.write("0")
+            joined = True
+        except OSError:
+            pass
+    if not joined and rlimit > 0:
+        resource.setrlimit(resource.RLIMIT_DATA, (rlimit, rlimit))
 
 
 def _kill_group(group: int, signum: int) -> None:

@@ -14,7 +14,9 @@
  *     can be recorded in place even after the run has filled the disk.
  *  3. It becomes a child subreaper (PR_SET_CHILD_SUBREAPER): every descendant of the
  *     run, also one that calls setsid or double-forks, stays in its tree.
- *  4. It runs ARGV in its own process group (in CWD, stdout/stderr to RUN_DIR files
+ *  4. It runs ARGV in its own process group (its memory limited, when the admission
+ *     step of tether's resource slots, admit.py, asked: TETHER_RUN_CGROUP names a
+ *     cgroup for it to join, else TETHER_RUN_RLIMIT_DATA a data-segment rlimit) (in CWD, stdout/stderr to RUN_DIR files
  *     when CAPTURE is "1"), enforces TIMEOUT seconds (TERM to every descendant,
  *     KILL after GRACE) and turns SIGTERM/SIGINT/SIGHUP into a cancel (same).
  *  5. When the command has ended, whatever of the run is left is stopped the same
@@ -33,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
@@ -78,6 +81,34 @@ static void on_cancel(int sig) {
     (void)sig;
     if (settled) escalated = 1;
     else if (reason == 0) stop_group(2);
+}
+
+/* The memory limit of the command (protocol item 4b): join the cgroup the admission
+   step made (TETHER_RUN_CGROUP), else limit its data segment (TETHER_RUN_RLIMIT_DATA).
+   Read and removed from the environment before the fork, applied in the child. */
+static char run_cgroup[4096];
+static unsigned long long run_rlimit = 0;
+
+static void take_limits(void) {
+    const char *cg = getenv("TETHER_RUN_CGROUP"), *lim = getenv("TETHER_RUN_RLIMIT_DATA");
+    if (cg) snprintf(run_cgroup, sizeof run_cgroup, "%s", cg);
+    if (lim) run_rlimit = strtoull(lim, NULL, 10);
+    unsetenv("TETHER_RUN_CGROUP");
+    unsetenv("TETHER_RUN_RLIMIT_DATA");
+}
+
+static void apply_limits(void) { /* in the child, before exec */
+    int joined = 0;
+    if (run_cgroup[0]) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/cgroup.procs", run_cgroup);
+        int fd = open(path, O_WRONLY | O_CLOEXEC);
+        if (fd >= 0) { joined = write(fd, "0", 1) == 1; close(fd); }
+    }
+    if (!joined && run_rlimit > 0) {
+        struct rlimit r = {(rlim_t)run_rlimit, (rlim_t)run_rlimit};
+        setrlimit(RLIMIT_DATA, &r);
+    }
 }
 
 static double now(void) {
@@ -286,6 +317,7 @@ int main(int argc, char **argv) {
     int pipefd[2];
     if (pipe2(pipefd, O_CLOEXEC) != 0) { perror("tether-supervise: pipe"); return 3; }
 
+    take_limits();
     pid_t child = fork();
     if (child < 0) { perror("tether-supervise: fork"); return 3; }
     if (child == 0) {
@@ -302,6 +334,7 @@ int main(int argc, char **argv) {
         sigaction(SIGXFSZ, &dfl, NULL);
         sigprocmask(SIG_SETMASK, &none, NULL);
         setpgid(0, 0);
+        apply_limits();
         if (capture) { dup2(out, 1); dup2(err, 2); }
         int e = 0;
         if (chdir(cwd) != 0) e = -errno;

@@ -38,6 +38,18 @@ from .handle import DockerRunHandle, container_name
 _FIND_PATIENCE = 60.0
 
 
+def gpu_requests(count: int) -> list[dict[str, Any]]:
+    """The engine's device requests for ``count`` GPUs (``docker run --gpus N``).
+
+    Any ``count`` GPUs of the engine's GPU driver (the NVIDIA container toolkit
+    registers it); an engine without one refuses to start the container, and the
+    submit says so.
+    """
+    return [
+        {"Driver": "", "Count": count, "DeviceIDs": None, "Capabilities": [["gpu"]], "Options": {}}
+    ]
+
+
 class DockerBackend(Backend[DockerConfig]):
     """Starts each job in its own container; see the module docstring."""
 
@@ -120,6 +132,8 @@ class DockerBackend(Backend[DockerConfig]):
             # No swap on top: the limit is the run's memory, and going over it is an
             # OOM kill the result reports, not a slow crawl through swap.
             host["Memory"] = host["MemorySwap"] = parse_memory(memory)
+        if job.resources.gpus:
+            host["DeviceRequests"] = gpu_requests(job.resources.gpus)
         spec: dict[str, Any] = {
             "Image": image,
             "Env": [f"{key}={value}" for key, value in env.items()],
@@ -177,11 +191,6 @@ class DockerBackend(Backend[DockerConfig]):
         refuse_calls(job, "Docker")
         config = self.config
         command = self._command(job)
-        if job.resources.gpus:
-            raise ConfigError(
-                f"Job {job.name!r} asks for GPUs, which the docker backend does not "
-                "give yet: remove resources.gpus."
-            )
         timeout = float(config.timeout)
         if job.resources.walltime is not None:
             timeout = min(timeout, job.resources.walltime)
