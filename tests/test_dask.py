@@ -436,7 +436,7 @@ async def test_a_dead_scheduler_is_no_answer(anyio_backend: str, tmp_path: Path)
 EMBEDDED_OWNER = """
 import json, sys, anyio, tether
 async def main():
-    config = tether.DaskConfig(n_workers=1, processes=False, runs_dir=sys.argv[1])
+    config = tether.DaskConfig(n_workers=1, processes=False, runs_dir=sys.argv[1], cancel_grace=1)
     handle = await config.create().submit(tether.Job(name="owned", command=sys.argv[2]))
     print(json.dumps({"run_dir": str(handle.run_dir)}), flush=True)
     await anyio.sleep(600)
