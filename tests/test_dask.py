@@ -480,6 +480,9 @@ async def test_embedded_runs_end_with_their_process_even_when_killed(
     while list(session_members(started["pid"])) and time.monotonic() < deadline:  # noqa: ASYNC110
         await anyio.sleep(0.1)
     assert list(session_members(started["pid"])) == []
+    # The supervisor (the session's leader, not counted above) records the end last.
+    while not (run_dir / "exit.json").exists() and time.monotonic() < deadline:  # noqa: ASYNC110
+        await anyio.sleep(0.05)
     assert json.loads((run_dir / "exit.json").read_text())["reason"] == "cancelled"
 
 
