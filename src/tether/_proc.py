@@ -15,10 +15,17 @@ _STATE, _SESSION, _START = 0, 3, 19
 
 def _stat(pid: int) -> list[bytes] | None:
     """/proc/PID/stat from field 3 (state) on, or None if the process is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read()
+    try:  # os-level: no buffered file object for a one-read file (it is a hot path)
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
     except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    try:
+        stat = os.read(fd, 4096)
+    except ProcessLookupError:  # ESRCH: it ended between the open and the read
+        return None
+    finally:
+        os.close(fd)
+    if not stat:
         return None
     # Field 2 (comm) may hold spaces and parentheses: split after its last ')'.
     return stat[stat.rindex(b")") + 2 :].split()

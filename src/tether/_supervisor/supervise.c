@@ -183,6 +183,15 @@ static int signal_descendants(int sig) {
     return count;
 }
 
+/* True while this process has any child, live or not yet reaped. A subreaper has no
+   descendant at all when it has no child: an orphan is reparented to it before its
+   dying parent can be reaped. One syscall, where finding descendants reads /proc. */
+static int has_children(void) {
+    siginfo_t info;
+    memset(&info, 0, sizeof info);
+    return !(waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) < 0 && errno == ECHILD);
+}
+
 static void reap_others(pid_t keep, int *status, int *have_status) {
     pid_t p;
     int st;
@@ -255,7 +264,11 @@ static int make_reserve(const char *dir) {
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0) return -1;
     memset(blanks, ' ', sizeof blanks);
-    if (write(fd, blanks, sizeof blanks) != (ssize_t)sizeof blanks || fsync(fd) != 0) {
+    /* fallocate: the blocks are the file's now (an fsync would do it too, but waits for
+       the disk: milliseconds on every run). Where it is not supported, the written
+       blanks hold their space as dirty pages until written back. */
+    if (write(fd, blanks, sizeof blanks) != (ssize_t)sizeof blanks
+        || (fallocate(fd, 0, 0, RESERVE) != 0 && errno != EOPNOTSUPP && errno != ENOSYS)) {
         close(fd);
         unlink(tmp);
         return -1;
@@ -381,6 +394,7 @@ int main(int argc, char **argv) {
     int sent_term = 0;
     while (1) {
         reap_others(child, &status, &have_status);
+        if (have_status && !has_children()) break; /* the usual end: nothing left */
         int live = escalated ? signal_descendants(SIGKILL)
                    : (sent_term ? signal_descendants(0) : signal_descendants(SIGTERM));
         sent_term = 1;

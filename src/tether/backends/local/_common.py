@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections import deque
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from ... import _proc
 from ..._files import write_atomic
 
 _CAPABILITIES = frozenset(
@@ -30,14 +30,47 @@ _CAPABILITIES = frozenset(
 _CANCEL_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 # Supervisors we started are our children until they exit; reap the finished ones
-# now and then so a long-lived submitter never piles up zombies.
+# now and then so a long-lived submitter never piles up zombies. ``_rounds`` is the
+# order in which ``_reap_finished`` visits them, a few per call, so that a submit
+# costs the same with ten thousand runs going as with one.
 _children: set[int] = set()
+_rounds: deque[int] = deque()
 #: Seconds a resubmit waits for a supervisor at the gate of a dead submit to exit.
 _GATE_PATIENCE = 30.0
 
 
-def _reap_finished() -> None:
-    _proc.reap_finished(_children)
+def _adopt(pid: int) -> None:
+    """Count ``pid`` among our supervisor children until it is reaped."""
+    _children.add(pid)
+    _rounds.append(pid)
+
+
+def _reap_finished(limit: int = 16) -> None:
+    """Reap up to ``limit`` of our ended supervisors, taking turns among them all."""
+    for _ in range(min(limit, len(_rounds))):
+        pid = _rounds.popleft()
+        if pid not in _children:
+            continue  # reaped by its handle already
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done:
+            _children.discard(pid)
+        else:
+            _rounds.append(pid)
+
+
+def _reap(pid: int) -> None:
+    """Reap our supervisor ``pid`` if it has exited (it may still be about to)."""
+    if pid not in _children:
+        return
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        done = pid
+    if done:
+        _children.discard(pid)
 
 
 @cache
@@ -46,6 +79,19 @@ def _boot_id() -> str:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         return ""
+
+
+def _process_env(extra: dict[str, str]) -> dict[bytes, bytes]:
+    """This process's environment with ``extra`` on top, as bytes for ``posix_spawn``.
+
+    Copied from the bytes ``os.environ`` keeps (one C-level copy): going through
+    ``os.environ`` itself decodes and re-encodes every variable, on every submit.
+    """
+    data: dict[bytes, bytes] | None = getattr(os.environ, "_data", None)
+    env = dict(data) if isinstance(data, dict) else dict(os.environb)
+    for key, value in extra.items():
+        env[os.fsencode(key)] = os.fsencode(value)
+    return env
 
 
 def _write_outcome(run_dir: Path, outcome: dict[str, Any]) -> None:

@@ -34,8 +34,10 @@ from ._common import (
     _CANCEL_SIGNALS,
     _CAPABILITIES,
     _GATE_PATIENCE,
+    _adopt,
     _boot_id,
     _children,
+    _process_env,
     _reap_finished,
     _spawn_files,
 )
@@ -111,13 +113,14 @@ class LocalBackend(Backend[LocalConfig]):
             if payload is not None:
                 write_atomic(run_dir / worker.PAYLOAD_FILE, payload)
                 argv = [*argv, str(run_dir)]
-            env = {
-                **os.environ,
-                **config.resolved_env(),
-                **job.resolved_env(),
-                "TETHER_RUN_ID": run_id,
-                "TETHER_RUN_DIR": str(run_dir),
-            }
+            env = _process_env(
+                {
+                    **config.resolved_env(),
+                    **job.resolved_env(),
+                    "TETHER_RUN_ID": run_id,
+                    "TETHER_RUN_DIR": str(run_dir),
+                }
+            )
             args = [
                 *supervisor,
                 str(run_dir),
@@ -148,7 +151,7 @@ class LocalBackend(Backend[LocalConfig]):
             if ticket is not None:
                 os.close(ticket)  # the admission step holds the ticket's lock now
                 ticket = None
-            _children.add(pid)
+            _adopt(pid)
             handle = self._handle(job, run_id, run_dir, pid, started, slots=request is not None)
             # The record lives in the run folder: runs can be found and re-attached
             # from the folder alone (``tether ls``), even if the caller never saves one.

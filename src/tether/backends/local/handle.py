@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import anyio
 
 from ... import _proc
+from ..._exitwait import wait_exit
 from ..._outcome import failure_reason, supervised_result
 from ..._runs import (
     tail_lines,
@@ -27,6 +28,7 @@ from . import _slots
 from ._common import (
     _boot_id,
     _children,
+    _reap,
     _write_outcome,
 )
 from .config import LocalConfig
@@ -193,20 +195,15 @@ class LocalRunHandle(RunHandle):
 
     def _reap(self) -> None:
         """Collect our exited supervisor, so that no zombie is left behind."""
-        if self._pid in _children:
-            _proc.reap(self._pid)
-            _children.discard(self._pid)
+        _reap(self._pid)
 
     async def _wait_done(self) -> RunResult:
         while self._result is None:
-            fd = self._open_pidfd()
-            if fd is not None:
-                try:
-                    await _proc.wait_pidfd(fd)
-                finally:
-                    os.close(fd)
-                self._reap()
-            # The supervisor is gone: exit.json says how the run ended, or it is LOST.
+            # A pidfd while the process has some to spare, else a shared inotify watch.
+            await wait_exit(self._open_pidfd, self._alive, self._dir)
+            self._reap()
+            # The supervisor is gone (or exit.json is there): it says how the run
+            # ended, or the run is LOST; after a spurious wake-up, wait again.
             await self.refresh()
         return self._result
 
@@ -214,13 +211,7 @@ class LocalRunHandle(RunHandle):
         """Sleep up to ``seconds``, waking early if the run ends; True once it has."""
         if (await self.refresh()).is_terminal:
             return True
-        fd = self._open_pidfd()
-        if fd is not None:
-            try:
-                with anyio.move_on_after(seconds):
-                    await _proc.wait_pidfd(fd)
-            finally:
-                os.close(fd)
+        await wait_exit(self._open_pidfd, self._alive, self._dir, timeout=seconds)
         return (await self.refresh()).is_terminal
 
     # -- acting ----------------------------------------------------------------
