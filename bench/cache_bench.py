@@ -65,6 +65,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from _machine import print_machine  # bench/ is the script's folder, first on sys.path
+
 if TYPE_CHECKING:
     from tether import Job
     from tether.cache import CachedBackend, CacheEntry, SQLiteStore
@@ -97,11 +99,23 @@ class Report:
     get_ms_p50: list[float] = field(default_factory=list)
     key_ms_p50: list[float] = field(default_factory=list)
     restore_ms_p50: list[float] = field(default_factory=list)
+    folder_ms_p50: list[float] = field(default_factory=list)
     hit_ms_p50: list[float] = field(default_factory=list)
+    hit_result_ms_p50: list[float] = field(default_factory=list)
     get: dict[str, float] = field(default_factory=dict)
     key: dict[str, float] = field(default_factory=dict)
     restore: dict[str, float] = field(default_factory=dict)
+    folder: dict[str, float] = field(default_factory=dict)
     hit: dict[str, float] = field(default_factory=dict)
+    hit_result: dict[str, float] = field(default_factory=dict)
+    # part 1b: the same hits with --scale-entries entries
+    scale_entries: int = 0
+    max_scale_ratio: float = 1.5
+    scale_fill_seconds: float = 0.0
+    scale_get: dict[str, float] = field(default_factory=dict)
+    scale_hit: dict[str, float] = field(default_factory=dict)
+    scale_ratio: float = 0.0
+    machine_facts: dict[str, float] = field(default_factory=dict)
     # part 2: hashing
     hash_bytes: int = 0
     plain_gb_per_s: list[float] = field(default_factory=list)
@@ -265,7 +279,37 @@ async def bench_hits(report: Report, backend: CachedBackend, store: SQLiteStore)
         if not handle.hit:
             raise RuntimeError("a warm-up submit was not a hit")
 
-    samples: dict[str, list[float]] = {"get": [], "key": [], "restore": [], "hit": []}
+    samples = await time_hits(report, backend, store, jobs, keys, every, pick, "hits")
+    for name, values in samples.items():
+        setattr(report, name, percentiles(values))
+    if report.scale_entries > report.entries:
+        await scale_store(report, store, every)
+        scaled = await time_hits(report, backend, store, jobs, keys, every, pick, "1M hits")
+        report.scale_get = percentiles(scaled["get"])
+        report.scale_hit = percentiles(scaled["hit"])
+        report.scale_ratio = report.scale_hit["p50"] / report.hit["p50"]
+
+
+async def time_hits(
+    report: Report,
+    backend: CachedBackend,
+    store: SQLiteStore,
+    jobs: list[Job],
+    keys: list[str],
+    every: list[str],
+    pick: random.Random,
+    label: str,
+) -> dict[str, list[float]]:
+    """Time gets, keys, look-ups, run folders, whole hits and hits with their result."""
+    samples: dict[str, list[float]] = {
+        "get": [],
+        "key": [],
+        "restore": [],
+        "folder": [],
+        "hit": [],
+        "hit_result": [],
+    }
+    scaled = label != "hits"
     for repeat in range(report.repeats):
         gc.collect()
         per: dict[str, list[float]] = {name: [] for name in samples}
@@ -284,25 +328,60 @@ async def bench_hits(report: Report, backend: CachedBackend, store: SQLiteStore)
         for index in pick.sample(range(len(jobs)), report.hits):
             t0 = time.perf_counter_ns()
             restored = backend._restore(keys[index], jobs[index])
-            per["restore"].append((time.perf_counter_ns() - t0) / 1e6)
+            t1 = time.perf_counter_ns()
             if restored is None:
                 raise RuntimeError("a restore found no entry")
+            made = restored._materialize_now()  # the run folder a hit's result needs
+            per["restore"].append((t1 - t0) / 1e6)
+            per["folder"].append((time.perf_counter_ns() - t1) / 1e6)
+            if made is None or made.run_dir is None or not made.run_dir.is_dir():
+                raise RuntimeError("a hit's run folder was not made")
         for index in pick.sample(range(len(jobs)), report.hits):
             t0 = time.perf_counter_ns()
             handle = await backend.submit(jobs[index])
             per["hit"].append((time.perf_counter_ns() - t0) / 1e6)
             if not handle.hit:
                 raise RuntimeError("a submit of a recorded job was not a hit")
+        for index in pick.sample(range(len(jobs)), report.hits):
+            t0 = time.perf_counter_ns()
+            handle = await backend.submit(jobs[index])
+            result = await handle.wait()
+            per["hit_result"].append((time.perf_counter_ns() - t0) / 1e6)
+            if not handle.hit or result.stdout is None or not result.stdout.is_file():
+                raise RuntimeError("a hit's result has no stdout file")
         for name, values in per.items():
             samples[name].extend(values)
-            getattr(report, f"{name}_ms_p50").append(statistics.median(values))
+            if not scaled:
+                getattr(report, f"{name}_ms_p50").append(statistics.median(values))
+        p50 = {name: statistics.median(values) for name, values in per.items()}
         print(
-            f"  hits {repeat + 1}/{report.repeats}: p50 get {report.get_ms_p50[-1]:.3f} ms   "
-            f"key {report.key_ms_p50[-1]:.3f} ms   restore {report.restore_ms_p50[-1]:.3f} ms"
-            f"   submit {report.hit_ms_p50[-1]:.3f} ms"
+            f"  {label} {repeat + 1}/{report.repeats}: p50 get {p50['get']:.3f} ms   "
+            f"key {p50['key']:.3f}   look-up {p50['restore']:.3f}   run folder "
+            f"{p50['folder']:.3f}   submit {p50['hit']:.3f}   submit+wait "
+            f"{p50['hit_result']:.3f}"
         )
-    for name, values in samples.items():
-        setattr(report, name, percentiles(values))
+    return samples
+
+
+async def scale_store(report: Report, store: SQLiteStore, every: list[str]) -> None:
+    """Grow the store to ``report.scale_entries`` entries with copies of one entry."""
+    template = store.get(every[0], touch=False)
+    assert template is not None
+    began = time.perf_counter()
+    more = report.scale_entries - report.entries
+    batch = 100_000
+    for start in range(0, more, batch):
+        keys = [
+            hashlib.sha256(f"scale-{i}".encode()).hexdigest()
+            for i in range(start, min(more, start + batch))
+        ]
+        fill_bulk(store, [copy_entry(template, key) for key in keys])
+        every.extend(keys)
+    report.scale_fill_seconds = time.perf_counter() - began
+    count = store._connection().execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+    if count != report.scale_entries:
+        raise RuntimeError(f"the store holds {count} entries, not {report.scale_entries}")
+    print(f"  store: grown to {count:,} entries in {report.scale_fill_seconds:.1f} s")
 
 
 # -- part 2: hashing ----------------------------------------------------------------
@@ -456,8 +535,18 @@ def print_summary(report: Report) -> None:
     for label, figures in (
         ("store.get(key)", report.get),
         ("await backend.key(job)", report.key),
-        ("backend._restore(key, job)", report.restore),
+        ("backend._restore(key, job): look-up", report.restore),
+        ("a hit's run folder, when needed", report.folder),
         ("await backend.submit(job): a hit", report.hit),
+        ("submit + wait (run folder made)", report.hit_result),
+        *(
+            (
+                (f"store.get, {report.scale_entries:,}", report.scale_get),
+                (f"submit, {report.scale_entries:,}", report.scale_hit),
+            )
+            if report.scale_hit
+            else ()
+        ),
     ):
         print(f"{label:34}" + "".join(f"{figures[p]:9.3f}" for p in ("p50", "p90", "p99", "max")))
     print(
@@ -465,6 +554,13 @@ def print_summary(report: Report) -> None:
         f"p99 {report.hit['p99']:.3f} ms; the filesystem alone: "
         f"{report.fs_folder_ms:.3f} ms per folder + renamed file"
     )
+    print(f"hit with its result (run folder made): p50 {report.hit_result['p50']:.3f} ms  (no bar)")
+    if report.scale_hit:
+        print(
+            f"hit with {report.scale_entries:,} entries: p50 {report.scale_hit['p50']:.3f} ms, "
+            f"{report.scale_ratio:.2f} x the {report.entries:,}-entry figure "
+            f"(bar: <= {report.max_scale_ratio})"
+        )
     print(
         f"\nhashing {report.hash_bytes / 1e9:.2f} GB in {report.hash_dir}: plain "
         f"{report.plain_median:.3f} GB/s, tether {report.tether_median:.3f} GB/s, ratio "
@@ -515,6 +611,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="folder for the store and run folders (default: tether's state folder)",
     )
+    parser.add_argument(
+        "--scale-entries",
+        type=int,
+        default=1_000_000,
+        help="grow the store to this many entries and time the hits again (1000000; 0: no)",
+    )
+    parser.add_argument(
+        "--max-scale-ratio",
+        type=float,
+        default=1.5,
+        help="fail when the hit p50 at --scale-entries / at --entries is above (1.5)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
     args = parser.parse_args(argv)
     if min(args.hit_jobs, args.hits, args.hash_files, args.hash_mib, args.misses) < 1:
@@ -547,7 +655,10 @@ def main(argv: list[str] | None = None) -> int:
         hash_dir=str(args.hash_dir),
         max_hit_ms=args.max_hit_ms,
         min_hash_ratio=args.min_hash_ratio,
+        scale_entries=args.scale_entries,
+        max_scale_ratio=args.max_scale_ratio,
     )
+    report.machine_facts = print_machine(args.scratch)
     print(
         f"cache bench: {args.entries:,} entries, {args.hits} timed hits x {args.repeats}, "
         f"{args.hash_files} x {args.hash_mib} MiB hashed, {args.misses} misses x "
@@ -564,6 +675,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if report.hit["p50"] > report.max_hit_ms:
         report.missed_bars.append(f"hit p50 {report.hit['p50']:.3f} ms > {report.max_hit_ms} ms")
+    if report.scale_hit and report.scale_ratio > report.max_scale_ratio:
+        report.missed_bars.append(
+            f"hit p50 at {report.scale_entries:,} entries is {report.scale_ratio:.2f} x "
+            f"the {report.entries:,}-entry one (> {report.max_scale_ratio})"
+        )
     if report.hash_ratio < report.min_hash_ratio:
         report.missed_bars.append(
             f"hashing ratio {report.hash_ratio:.3f} < {report.min_hash_ratio}"

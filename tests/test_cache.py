@@ -535,11 +535,35 @@ async def test_clear_forgets_everything_but_restored_files_survive(
     await (await backend.submit(Job(name="one"))).wait()
     await (await backend.submit(Job(name="two", env={"X": "1"}))).wait()
     hit = await backend.submit(Job(name="three"))
-    assert hit.hit
+    assert hit.hit and hit.run_dir is not None  # its folder is made on first use: now
+    unread = await backend.submit(Job(name="four"))  # a hit whose folder is not made yet
     assert store.clear() == 2
     assert (store.stats().entries, store.stats().blobs) == (0, 0)
     assert await (await hit.wait()).read_stdout() == "kept\n"  # a hard link outlives its blob
     assert not (await backend.submit(Job())).hit
+    # Its blobs went before its files were first needed: it runs the job after all.
+    with pytest.warns(RuntimeWarning, match="could not restore .*running it instead"):
+        result = await unread.wait()
+    assert result.ok and await result.read_stdout() == "kept\n"
+    assert not unread.hit and unread.run_dir == result.run_dir
+
+
+async def test_a_hit_makes_its_run_folder_only_when_first_needed(
+    runs: Path, store: CacheStore
+) -> None:
+    backend = cached(DummyConfig(runs_dir=runs, stdout="kept\n"), store)
+    await (await backend.submit(Job(name="one"))).wait()
+    before = set(runs.iterdir())
+    hit = await backend.submit(Job(name="one"))
+    assert hit.hit and hit.state is RunState.SUCCEEDED and await hit.is_complete()
+    assert set(runs.iterdir()) == before  # nothing on disk yet: the store answered
+    result = await hit.wait()
+    assert set(runs.iterdir()) == before | {result.run_dir}
+    assert result.run_id == hit.run_id and (result.run_dir / "handle.json").is_file()
+    assert await result.read_stdout() == "kept\n"
+    assert [line async for line in hit.logs()] == ["kept"]
+    reloaded = await tether.load_handle(result.run_dir / "handle.json")
+    assert (await reloaded.wait()).stdout == result.stdout
 
 
 async def test_a_hit_is_counted_and_marks_the_entry_used(runs: Path, store: CacheStore) -> None:

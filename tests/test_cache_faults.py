@@ -139,10 +139,11 @@ async def test_hit_that_cannot_be_restored_on_a_full_disk_runs_instead(
     fill(small_disk)
     hits = small_disk / "hits"  # another file system: restoring copies the blob
     backend = CachedBackend(inner, store, runs_dir=hits)
+    handle = await backend.submit(job)  # a hit: its folder is made when first needed
     with pytest.warns(RuntimeWarning, match="could not restore .*no space left on device"):
-        handle = await backend.submit(job)
-    assert not handle.hit
-    assert (await handle.wait(30)).state is RunState.SUCCEEDED
+        result = await handle.wait(30)
+    assert not handle.hit  # it ran the job instead
+    assert result.state is RunState.SUCCEEDED
     assert not hits.exists() or list(hits.iterdir()) == []  # no half-restored folder
     assert store.claims() == 0
 

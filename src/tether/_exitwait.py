@@ -125,6 +125,8 @@ class _Shared:
     def __init__(self, key: object) -> None:
         self.key = key
         self.waiters: set[_Waiter] = set()
+        # Those not woken yet, oldest first: who may be asked to lead, found in O(1).
+        self.pending: dict[_Waiter, None] = {}
         self.by_wd: dict[int, set[_Waiter]] = {}
         self.leader: _Waiter | None = None
         self.fd = -1
@@ -168,8 +170,13 @@ class _Shared:
         finally:
             self._remove(waiter)
 
+    def _wake(self, waiter: _Waiter) -> None:
+        waiter.wake()
+        self.pending.pop(waiter, None)
+
     def _add(self, waiter: _Waiter) -> None:
         self.waiters.add(waiter)
+        self.pending[waiter] = None
         if self.fd >= 0:
             wd = int(self.libc.inotify_add_watch(self.fd, os.fsencode(waiter.run_dir), _WATCHED))
             if wd >= 0:
@@ -178,10 +185,11 @@ class _Shared:
         # It may have ended before the watch was in place.
         run_dir = waiter.run_dir
         if (run_dir / "exit.json").exists() or not run_dir.is_dir() or not waiter.alive():
-            waiter.wake()
+            self._wake(waiter)
 
     def _remove(self, waiter: _Waiter) -> None:
         self.waiters.discard(waiter)
+        self.pending.pop(waiter, None)
         sharing = self.by_wd.get(waiter.wd)
         if sharing is not None:
             sharing.discard(waiter)
@@ -198,9 +206,9 @@ class _Shared:
 
     def _promote(self, leaving: _Waiter) -> None:
         """Ask another waiter still waiting to read the descriptor from now on."""
-        for other in self.waiters:
-            if other is not leaving and not other.done:
-                other.wake(done=False)
+        for other in self.pending:
+            if other is not leaving:
+                other.wake(done=False)  # still pending: it leads, and waits on
                 return
 
     async def _pump(self, own: _Waiter) -> None:
@@ -209,9 +217,9 @@ class _Shared:
             now = time.monotonic()
             if now >= self.next_sweep:
                 self.next_sweep = now + self.sweep_interval()
-                for waiter in list(self.waiters):
-                    if not waiter.done and not waiter.alive():
-                        waiter.wake()
+                for waiter in list(self.pending):
+                    if not waiter.alive():
+                        self._wake(waiter)
                 continue
             with anyio.move_on_after(self.next_sweep - now):
                 if self.fd >= 0:
@@ -231,11 +239,11 @@ class _Shared:
             name = data[offset + _EVENT.size : offset + _EVENT.size + length].rstrip(b"\0")
             offset += _EVENT.size + length
             if mask & _IN_Q_OVERFLOW:  # events were dropped: everyone looks again
-                for waiter in self.waiters:
-                    waiter.wake()
+                for waiter in list(self.pending):
+                    self._wake(waiter)
             elif mask & _GONE or name == _EXIT_NAME:
                 for waiter in self.by_wd.get(wd, ()):
-                    waiter.wake()
+                    self._wake(waiter)
                     if mask & _IN_IGNORED:
                         waiter.wd = -1  # the kernel dropped the watch itself
                 if mask & _IN_IGNORED:

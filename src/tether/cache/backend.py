@@ -16,6 +16,7 @@ import builtins
 import contextlib
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import AsyncGenerator
@@ -43,7 +44,7 @@ from .._runs import chosen_run_id, make_run_dir, new_run_id, tail_lines
 from ..backend import Backend
 from ..call import Call, encode_outcome
 from ..config import FROM_RECORD, BackendConfig
-from ..errors import ConfigError, SubmitError
+from ..errors import ConfigError, RecordError, SubmitError
 from ..handle import RunHandle, Stream, check_stream
 from ..job import Job
 from ..records import write_record
@@ -457,7 +458,13 @@ class CachedBackend(Backend[CachedConfig]):
         return Path(configured or default_runs_dir()).expanduser().absolute()
 
     def _restore(self, key: str, job: Job) -> CachedRunHandle | None:
-        """A finished handle with the entry's files in a new run folder, or None."""
+        """A finished handle of the entry for ``key``, or None (a miss).
+
+        Only the look-up and the blob checks happen now: the run folder (links to the
+        entry's blobs and ``handle.json``) is made when something first needs it (the
+        result, the logs, ``run_dir``, the record), so a hit nobody reads the files of
+        costs one store look-up and no new file.
+        """
         store = self._store
         entry = store.get(key)
         if entry is None:
@@ -467,7 +474,32 @@ class CachedBackend(Backend[CachedConfig]):
                 store.delete(key)  # a blob went missing or was changed on disk: a miss
             return None
         run_id = new_run_id(job.name)
-        run_dir = make_run_dir(self._runs_dir(), run_id)
+        handle = CachedRunHandle(
+            run_id=run_id,
+            job=job,
+            config=self.config,
+            store=store,
+            key=key,
+            run_dir=self._runs_dir() / run_id,
+            state=RunState(entry.result["state"]),
+        )
+        handle._pending_hit = _PendingHit(self, entry)
+        return handle
+
+    def _materialize(self, handle: CachedRunHandle, entry: CacheEntry) -> RunResult | None:
+        """Make a hit's run folder from ``entry``; None (and a warning) if it cannot be."""
+        store = self._store
+        run_id, job = handle.run_id, handle.job
+        try:
+            run_dir = make_run_dir(self._runs_dir(), run_id)
+        except SubmitError as exc:
+            warnings.warn(
+                f"cache: could not restore the recorded run of job {job.name!r}: {exc}; "
+                "running it instead",
+                RuntimeWarning,
+                stacklevel=1,
+            )
+            return None
         try:
             for stored in entry.files:
                 store.blobs.restore(stored.digest, run_dir / stored.path)
@@ -483,17 +515,21 @@ class CachedBackend(Backend[CachedConfig]):
             )
             return None
         result = _with_value(_absolute(entry.result, run_id, run_dir), run_dir)
-        handle = CachedRunHandle(
-            run_id=run_id,
-            job=job,
-            config=self.config,
-            store=store,
-            key=key,
-            run_dir=run_dir,
-            hit=result,
-        )
-        write_record(run_dir / "handle.json", handle.to_record(), sync=False)
-        return handle
+        handle._result, handle._pending_hit = result, None
+        with contextlib.suppress(OSError):  # the folder has the files; the record is a bonus
+            write_record(run_dir / "handle.json", handle.to_record(), sync=False)
+        return result
+
+
+_MATERIALIZING = threading.RLock()
+
+
+@dataclass
+class _PendingHit:
+    """A hit whose run folder is not made yet: the backend that makes it, and the entry."""
+
+    backend: CachedBackend
+    entry: CacheEntry
 
 
 class CachedRunHandle(RunHandle):
@@ -514,9 +550,12 @@ class CachedRunHandle(RunHandle):
         owner: str = "",
         replace: bool = False,
         hit: RunResult | None = None,
+        state: RunState | None = None,
     ) -> None:
-        state = hit.state if hit is not None else (inner.state if inner else RunState.LOST)
+        if state is None:
+            state = hit.state if hit is not None else (inner.state if inner else RunState.LOST)
         super().__init__(run_id=run_id, job=job, config=config, state=state, run_dir=run_dir)
+        self._pending_hit: _PendingHit | None = None
         self._cached = config
         self._store = store
         self._key = key
@@ -530,6 +569,41 @@ class CachedRunHandle(RunHandle):
     def key(self) -> str:
         """The cache key of the run's job."""
         return self._key
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The run's folder; a hit's is made on first use (see ``CachedBackend``)."""
+        self._materialize_now()
+        return self._run_dir
+
+    @property
+    def last_result(self) -> RunResult | None:
+        """The terminal result once observed (a hit's makes its run folder), else None."""
+        self._materialize_now()
+        return self._result
+
+    def _materialize_now(self) -> RunResult | None:
+        """Make a pending hit's run folder here, in the calling thread."""
+        with _MATERIALIZING:  # the loop thread and a worker thread may both ask
+            pending = self._pending_hit
+            if pending is None:
+                return self._result
+            return pending.backend._materialize(self, pending.entry)
+
+    async def _materialized(self) -> None:
+        """Make a pending hit's run folder (in a worker thread), or run the job instead
+        when that fails: the handle then follows that run, as on a miss."""
+        pending = self._pending_hit
+        if pending is None:
+            return
+        if await anyio.to_thread.run_sync(self._materialize_now) is not None:
+            return
+        self._pending_hit = None
+        run = await pending.backend.submit(self._job, refresh=True)
+        self._run_id, self._run_dir = run.run_id, run._run_dir
+        self._inner, self._owner, self._replace = run._inner, run._owner, run._replace
+        self._result = run._result
+        self._state = run.state
 
     @property
     def hit(self) -> bool:
@@ -607,7 +681,7 @@ class CachedRunHandle(RunHandle):
     async def refresh(self) -> RunState:
         """The inner run's state; once it ended, it is recorded (see :meth:`_conclude`)."""
         if self._result is not None or self._inner is None:
-            return self._state
+            return self._state  # a pending hit too: terminal, whatever its folder
         state = await self._inner.refresh()
         if state.is_terminal:
             assert self._inner.last_result is not None
@@ -617,6 +691,7 @@ class CachedRunHandle(RunHandle):
         return self._state
 
     async def _wait_done(self) -> RunResult:
+        await self._materialized()
         if self._result is None:
             assert self._inner is not None
             await self._conclude(await self._inner.wait())
@@ -636,6 +711,7 @@ class CachedRunHandle(RunHandle):
     ) -> AsyncGenerator[str, None]:
         """The inner run's lines; for a hit, the restored files'."""
         check_stream(stream)
+        await self._materialized()
         if self._inner is not None:
             async for line in self._inner.logs(stream, follow=follow):
                 yield line
@@ -647,6 +723,11 @@ class CachedRunHandle(RunHandle):
                 yield line
 
     def _record_data(self) -> dict[str, Any]:
+        if self._pending_hit is not None and self._materialize_now() is None:
+            raise RecordError(
+                f"Cannot record cache hit {self.run_id}: its run folder could not be made "
+                "(see the warning); wait for the handle (it runs the job) and save it then."
+            )
         data: dict[str, Any] = {
             "key": self._key,
             "store": self._store.spec(),
