@@ -22,7 +22,7 @@ _EXTRA = ("starlette", "uvicorn", "h11", "click")
 
 
 def port_number(text: str) -> int:
-    """A TCP port, 0–65535 (an argparse type); 0 picks a free one."""
+    """A TCP port, 0 to 65535 (an argparse type); 0 picks a free one."""
     try:
         value = int(text)
     except ValueError:

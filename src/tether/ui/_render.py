@@ -228,14 +228,16 @@ def pipeline_body(view: PipelineView, svg: str) -> str:
             for m in step.members
         )
         cancel = ""
-        if any(m.state in ("RUNNING", "PENDING", "SUBMITTING") for m in step.members):
+        going = ("RUNNING", "PENDING", "SUBMITTING")
+        if step.state == "RUNNING" and any(m.state in going for m in step.members):
             cancel = (
                 f'<button class="danger small" data-action="cancel" '
                 f'data-url="{step_link(view.key, step.name)}/cancel">Cancel step</button>'
             )
         rows.append(
-            f'<tr data-step="{esc(step.name)}"><td>{esc(step.name)}</td><td>{badge(step.state)}</td>'
-            f'<td>{runs}</td><td class="note">{esc(step.reason or "")}</td><td>{cancel}</td></tr>'
+            f'<tr data-step="{esc(step.name)}"><td>{esc(step.name)}</td>'
+            f"<td>{badge(step.state)}</td><td>{runs}</td>"
+            f'<td class="note">{esc(step.reason or "")}</td><td>{cancel}</td></tr>'
         )
     note = (
         ""

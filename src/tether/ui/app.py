@@ -25,7 +25,7 @@ from ..registry import load_handle
 from . import _render as render
 from ._actions import answer, cancel_handles, check
 from ._dag import dag_svg
-from ._live import EventStream, Emit, every, run_events
+from ._live import Emit, EventStream, every, run_events
 from ._security import SECURITY_HEADERS, TOKEN_HEADER, Guard
 from ._sources import Cache, CacheRow, Pipelines, Runs
 

@@ -10,8 +10,8 @@ from typing import TextIO
 import uvicorn
 
 from ..errors import ConfigError
-from .app import Settings, create_app
 from ._security import Guard
+from .app import Settings, create_app
 
 #: The only address the dashboard listens on.
 HOST = "127.0.0.1"
