@@ -100,9 +100,10 @@ def _load() -> Callable[..., Awaitable[None]]:
     try:
         from ..ui import serve
     except ModuleNotFoundError as exc:
-        if (exc.name or "").split(".")[0] not in _EXTRA:
+        package = (exc.name or "").split(".")[0]
+        if package not in _EXTRA:
             raise
         raise ConfigError(
-            f"tether ui needs extra dependencies ({exc.name} is missing): pip install 'tether[ui]'"
+            f"tether ui needs extra dependencies ({package} is missing): pip install 'tether[ui]'"
         ) from None
     return serve
