@@ -105,14 +105,16 @@ def test_the_runs_list_shows_every_run_and_follows_them_live(ui_cli: CLI, page: 
         half = ui_cli.home / "runs" / "half-written"
         half.mkdir()
         (half / "handle.json").write_text('{"backend": "loc')
-        expect()(page.locator('tr[data-run="half-written"] .note')).not_to_be_empty()
+        broken = page.locator('tr[data-run="half-written"]')
+        expect()(broken).to_have_attribute("data-state", "UNREADABLE")
+        expect()(broken.locator(".note")).to_contain_text("corrupt or truncated")
         shutil.rmtree(ui_cli.home / "runs" / done)
         expect()(page.locator(f'tr[data-run="{done}"]')).to_have_count(0)
+        screenshot(page, "runs")
         gate.touch()
         expect()(page.locator(f'tr[data-run="{late}"]')).to_have_attribute(
             "data-state", "SUCCEEDED"
         )
-        screenshot(page, "runs")
 
         page.select_option("select[name=state]", "FAILED")
         expect()(page).to_have_url(re.compile(r"state=FAILED"))

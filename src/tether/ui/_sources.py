@@ -140,6 +140,7 @@ async def _load(row: RunRow, limiter: anyio.CapacityLimiter) -> None:
             handle = await load_handle(row.record)
         except (TetherError, OSError, ValueError) as exc:
             row.handle, row.error = None, str(exc).splitlines()[0]
+            row.state = "UNREADABLE"
             return
     row.fill(handle)
 
