@@ -248,9 +248,17 @@ def test_the_pipeline_picture_colours_steps_as_they_finish(ui_cli: CLI, page: An
             expect()(page.locator('a.step[data-step="simulate"]')).not_to_have_attribute(
                 "data-state", "RUNNING"
             )
-            expect()(page.locator('a.step[data-step="report"]')).not_to_have_attribute(
-                "data-state", "PENDING"
+            # Fail-fast: the cancelled run fails its step, and the step after it is skipped.
+            expect()(page.locator('a.step[data-step="simulate"]')).to_have_attribute(
+                "data-state", "FAILED"
             )
+            expect()(page.locator('a.step[data-step="report"]')).to_have_attribute(
+                "data-state", "SKIPPED"
+            )
+            # A step's run opens from the state file's record too (whatever its runs folder).
+            page.goto(f"{ui.base}/pipelines/0/steps/fetch/runs/0")
+            expect()(page.locator("#stdout")).to_have_text("fetched\n")
+            expect()(page.locator("#status .badge")).to_have_text("SUCCEEDED")
         assert runner.wait(timeout=60) == 1  # the pipeline did not succeed: a step was cancelled
     finally:
         if runner.poll() is None:
@@ -298,6 +306,28 @@ def test_pages_need_the_token_and_the_loopback_host(ui_cli: CLI, page: Any) -> N
             if line.split()[1].endswith(f":{port}") and line.split()[3] == "0A"
         ]
         assert listening == [f"0100007F:{port}"]
+
+
+def test_a_runs_page_never_shows_a_secret_value(ui_cli: CLI) -> None:
+    """Secret env values (from ``${VAR}``) are not in the saved record, so not on the
+    page; plain values whose names look like credentials are masked too."""
+    job = ui_cli.write(
+        "secretive.yml",
+        "name: secretive\ncommand: 'true'\n"
+        "env: {API_TOKEN: '${MY_SECRET}', SESSION_TOKEN: plain-but-private, COLOUR: teal}\n"
+        "backend: {type: local, env_vars: {DB_PASSWORD: hunter3, REGION: north}}\n",
+    )
+    ui_cli.env["MY_SECRET"] = "hunter2"
+    proc = ui_cli("run", "--detach", "--json", job)
+    assert proc.returncode == 0, proc.stderr
+    run_id = json.loads(proc.stdout)["run_id"]
+    with dashboard(ui_cli) as ui:
+        status, body = ui.request(f"/runs/{run_id}", headers={"X-Tether-Token": ui.token})
+    assert status == 200, body
+    for secret in ("hunter2", "plain-but-private", "hunter3"):
+        assert secret not in body
+    assert "teal" in body and "north" in body  # the page shows the job and the config
+    assert "API_TOKEN" in body and "SESSION_TOKEN" in body  # names, not values
 
 
 def test_no_address_but_loopback_can_be_asked_for(ui_cli: CLI) -> None:

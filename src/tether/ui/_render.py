@@ -160,7 +160,8 @@ def _masked(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _json(data: Any) -> str:
-    return f'<pre class="json">{esc(json.dumps(data, indent=2, default=str))}</pre>'
+    text = json.dumps(data, indent=2, default=str, ensure_ascii=False)
+    return f'<pre class="json">{esc(text)}</pre>'
 
 
 def run_status(handle: RunHandle, base: str) -> str:
@@ -194,16 +195,16 @@ def run_status(handle: RunHandle, base: str) -> str:
     return body
 
 
-def run_page(handle: RunHandle, *, base: str, token: str) -> str:
-    """One run: status, job, config, and its stdout and stderr streaming live."""
-    record = handle.to_record()
+def run_page(handle: RunHandle, record: Mapping[str, Any], *, base: str, token: str) -> str:
+    """One run: status, job, config (from its saved ``record``), and its stdout and
+    stderr streaming live."""
     body = (
         f"<h1>Run <code>{esc(handle.run_id)}</code></h1>"
         f'<section id="status">{run_status(handle, base)}</section>'
         '<section class="logs"><div><h2>stdout</h2><pre id="stdout" class="log"></pre></div>'
         '<div><h2>stderr</h2><pre id="stderr" class="log"></pre></div></section>'
-        f"<details open><summary>Job</summary>{_json(_masked(record['job']))}</details>"
-        f"<details><summary>Config</summary>{_json(_masked(record['config']))}</details>"
+        f"<details open><summary>Job</summary>{_json(_masked(record.get('job') or {}))}</details>"
+        f"<details><summary>Config</summary>{_json(_masked(record.get('config') or {}))}</details>"
     )
     return page(f"Run {handle.run_id}", body, token=token, active="runs", events=f"{base}/events")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 from starlette.applications import Starlette
@@ -21,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import TetherError
 from ..handle import RunHandle
+from ..records import read_record
 from ..registry import load_handle
 from . import _render as render
 from ._actions import answer, cancel_handles, check
@@ -149,6 +151,19 @@ def create_app(settings: Settings) -> ASGIApp:
             return None
         return await pipelines.member_handle(key, params["step"], params["index"])
 
+    async def saved_record(request: Request) -> dict[str, Any] | None:
+        """The run's saved record as written (it names secret variables; no values)."""
+        params = request.path_params
+        try:
+            if "run_id" in params:
+                path = runs.record_of(params["run_id"])
+                return read_record(path) if path is not None else None
+            step = (await pipelines.view(params["key"])).steps.get(params["step"])
+        except (TetherError, OSError):
+            return None
+        members = step.members if step is not None else []
+        return next((m.record for m in members if m.index == params["index"]), None)
+
     def base_of(request: Request) -> str:
         return request.url.path.removesuffix("/events").removesuffix("/cancel")
 
@@ -156,7 +171,9 @@ def create_app(settings: Settings) -> ASGIApp:
         handle = await handle_of(request)
         if handle is None:
             return missing("such run (its record is gone or unreadable)")
-        return HTMLResponse(render.run_page(handle, base=request.url.path, token=token))
+        record = await saved_record(request) or handle.to_record()
+        page = render.run_page(handle, record, base=request.url.path, token=token)
+        return HTMLResponse(page)
 
     async def run_stream(request: Request) -> Response:
         handle = await handle_of(request)
