@@ -224,6 +224,7 @@ def test_the_pipeline_picture_colours_steps_as_they_finish(ui_cli: CLI, page: An
             page.click("nav >> text=Pipelines")
             page.click("text=gated")
             expect()(page.locator('a.step[data-step="fetch"] rect')).to_have_css("fill", BLUE)
+            expect()(page.locator("#pipeline")).to_contain_text("running now")
             expect()(page.locator('a.step[data-step="report"]')).to_have_attribute(
                 "data-state", "PENDING"
             )

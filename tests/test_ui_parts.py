@@ -4,7 +4,9 @@ that ``import tether`` and the CLI's start do not load the dashboard."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +18,14 @@ pytest.importorskip("starlette", reason="the ui extra is not installed: pip inst
 from tether.ui._dag import dag_svg, layers
 from tether.ui._render import MASK, _masked
 from tether.ui._security import Guard
-from tether.ui._sources import Pipelines, PipelineView, Runs, StepView, safe_run_id
+from tether.ui._sources import (
+    Pipelines,
+    PipelineView,
+    Runs,
+    StepView,
+    pipeline_running,
+    safe_run_id,
+)
 
 
 def _steps(edges: dict[str, tuple[str, ...]]) -> dict[str, StepView]:
@@ -130,6 +139,31 @@ async def test_a_pipeline_is_shown_before_its_state_file_exists_and_when_it_is_n
     state.write_text("not a journal\n")
     broken = await pipelines.view(0)
     assert broken.state == "UNREADABLE" and "not a tether pipeline state file" in str(broken.error)
+
+
+def test_a_pipeline_runs_while_its_state_file_is_locked_and_looking_takes_no_lock(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "p.state.jsonl"
+    assert not pipeline_running(state)
+    state.write_text("")
+    fd = os.open(state, os.O_RDWR)
+    try:
+        assert not pipeline_running(state)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert pipeline_running(state)
+    finally:
+        os.close(fd)
+    assert not pipeline_running(state)
+    # Looking never holds the lock, so a pipeline starting meanwhile gets it.
+    fd = os.open(state, os.O_RDWR)
+    try:
+        for _ in range(200):
+            pipeline_running(state)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def test_import_tether_and_the_cli_parser_do_not_load_the_dashboard() -> None:

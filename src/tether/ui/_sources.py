@@ -207,6 +207,35 @@ class PipelineView:
         return "FAILED" if states & {"FAILED", "CANCELLED", "SKIPPED"} else "PENDING"
 
 
+def pipeline_running(state: Path) -> bool:
+    """Whether a running pipeline holds the state file's lock.
+
+    Read from ``/proc/locks`` where there is one: probing with ``flock`` (as
+    ``tether pipeline status`` does once) would, polled every second, now and then
+    hold the lock at the very moment a pipeline starts and make it refuse to run.
+    """
+    try:
+        info = state.stat()
+        locks = Path("/proc/locks").read_text()
+    except FileNotFoundError:
+        if state.exists():
+            from ..cli._pipeline import _in_use
+
+            return _in_use(state)
+        return False
+    except OSError:
+        return False
+    # "1: FLOCK  ADVISORY  WRITE 1234 08:01:56789 0 EOF": the inode alone is matched,
+    # since overlay file systems report another device there than stat() does.
+    inode = str(info.st_ino)
+    for line in locks.splitlines():
+        fields = line.split()
+        held = len(fields) >= 6 and fields[1] == "FLOCK" and fields[3] == "WRITE"
+        if held and fields[5].rpartition(":")[2] == inode:
+            return True
+    return False
+
+
 def _spec_beside(state: Path) -> Path | None:
     """The pipeline file next to a state file whose default state file it is."""
     name = state.name
@@ -268,7 +297,6 @@ class Pipelines:
         return [await self.view(key) for key in range(len(self))]
 
     def _view(self, key: int) -> PipelineView:
-        from ..cli._pipeline import _in_use
         from ..pipelines import journal
 
         state, edges = self._states[key], self._edges[key]
@@ -281,7 +309,7 @@ class Pipelines:
             view.error = str(exc).splitlines()[0]
             return view
         view.name = replay.name or view.name
-        view.running = _in_use(state)
+        view.running = pipeline_running(state)
         for name, record in replay.steps.items():
             step = view.steps.setdefault(name, StepView(name))
             step.state, step.reason = record.state, record.reason

@@ -90,7 +90,8 @@ class _Guarded:
             rest = urlencode(
                 [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
             )
-            target = request.url.path + (f"?{rest}" if rest else "")
+            # One leading slash: "//host" would send the browser to another site.
+            target = "/" + request.url.path.lstrip("/") + (f"?{rest}" if rest else "")
             response = RedirectResponse(target, status_code=303)
             response.set_cookie(guard.cookie, guard.token, httponly=True, samesite="strict")
             return response
