@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -335,6 +336,19 @@ def test_no_address_but_loopback_can_be_asked_for(ui_cli: CLI) -> None:
     proc = ui_cli("ui", "--host", "0.0.0.0", "--port", "0")
     assert proc.returncode == 2
     assert "unrecognized arguments: --host" in proc.stderr
+
+
+def test_a_port_in_use_is_a_one_line_error_naming_the_fix(ui_cli: CLI) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = ui_cli("ui", "--port", str(port))
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"tether: error: Cannot listen on 127.0.0.1:{port}: Address already in use; "
+        "give another --port (0 picks a free one)."
+    ]
 
 
 def test_without_the_extra_tether_ui_says_what_to_install(ui_cli: CLI) -> None:

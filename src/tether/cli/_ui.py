@@ -7,7 +7,6 @@ and uvicorn from the ``ui`` extra) is imported when the command runs.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -82,11 +81,6 @@ async def ui(args: argparse.Namespace) -> int:
     for folder in runs_dirs:
         if not folder.is_dir():
             raise ConfigError(f"Runs folder '{folder}' does not exist or is not a folder.")
-    print(
-        "tether: serving the dashboard on 127.0.0.1 (Ctrl-C stops it); open:",
-        file=sys.stderr,
-        flush=True,
-    )
     await serve(
         runs_dirs=runs_dirs or [default_runs_dir()],
         pipelines=[p.expanduser().absolute() for p in args.pipeline],

@@ -71,8 +71,8 @@ async def serve(
         timeout_graceful_shutdown=1,
     )
     server = uvicorn.Server(config)
-    stream = out or sys.stdout
-    print(guard.url, file=stream, flush=True)
+    print("tether: serving the dashboard (Ctrl-C stops it); open:", file=sys.stderr, flush=True)
+    print(guard.url, file=out or sys.stdout, flush=True)
     try:
         await server.serve(sockets=[sock])
     finally:
