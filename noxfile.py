@@ -40,8 +40,9 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package."""
-    # .[docs]: the docs site's hook and griffe extension import mkdocs and griffe.
-    session.install("-e", ".[docs]", "mypy>=1.11", "types-PyYAML")
+    # .[docs]: the docs site's hook and griffe extension import mkdocs and griffe;
+    # .[ui]: the dashboard is typed against Starlette and uvicorn.
+    session.install("-e", ".[docs,ui]", "mypy>=1.11", "types-PyYAML")
     session.run("mypy", *TYPED)
 
 
