@@ -223,6 +223,8 @@ def test_the_pipeline_picture_colours_steps_as_they_finish(ui_cli: CLI, page: An
         with dashboard(ui_cli, "--pipeline", state) as ui:
             page.goto(ui.url)
             page.click("nav >> text=Pipelines")
+            expect()(page.locator("#pipelines-body tr")).to_contain_text("RUNNING")
+            screenshot(page, "pipelines")
             page.click("text=gated")
             expect()(page.locator('a.step[data-step="fetch"] rect')).to_have_css("fill", BLUE)
             expect()(page.locator("#pipeline")).to_contain_text("running now")
