@@ -40,8 +40,9 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package."""
-    # .[docs]: the docs site's hook and griffe extension import mkdocs and griffe.
-    session.install("-e", ".[docs]", "mypy>=1.11", "types-PyYAML")
+    # .[docs]: the docs site's hook and griffe extension import mkdocs and griffe;
+    # .[ui]: the dashboard is typed against Starlette and uvicorn.
+    session.install("-e", ".[docs,ui]", "mypy>=1.11", "types-PyYAML")
     session.run("mypy", *TYPED)
 
 
@@ -112,10 +113,11 @@ def stress(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def services(session: nox.Session) -> None:
-    """Install (if missing) and start the real services the tests use: the Docker engine
-    and a one-node Slurm cluster."""
+    """Install (if missing) and start the real services the tests use: the Docker engine,
+    a one-node Slurm cluster, and the headless Chromium of the dashboard's tests."""
     session.run("bash", "scripts/docker-engine.sh", external=True)
     session.run("bash", "scripts/slurm-cluster.sh", external=True)
+    session.run("bash", "scripts/chromium.sh", external=True)
 
 
 @nox.session(python=PYTHON)
@@ -128,6 +130,7 @@ def ci(session: nox.Session) -> None:
     # Both fail (and so does CI) when their service does not come up: never a skip.
     session.run("bash", "scripts/docker-engine.sh", external=True)
     session.run("bash", "scripts/slurm-cluster.sh", external=True)
+    session.run("bash", "scripts/chromium.sh", external=True)
     session.install("-e", ".[dev,docs]")
     session.run("ruff", "check", *LINTED)
     session.run("ruff", "format", "--check", *LINTED)

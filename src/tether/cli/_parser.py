@@ -345,4 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--dry-run", action="store_true", help="show what would go; release nothing")
     _json(sub, "the runs and what was done")
+
+    from . import _ui  # argparse wiring only; the dashboard is imported when it runs
+
+    _ui.add_parser(commands, _add)
     return parser
