@@ -37,6 +37,7 @@ RESERVED = frozenset(
         "outcome.pkl.sig",
         ".tether-outcome.pkl.sig",
         ".exit.json.tmp",
+        ".handle.json.tmp",
         "slots.json",
         "slots-request.json",
     }

@@ -27,7 +27,6 @@ from ...backend import Backend
 from ...call import Call, call_argv
 from ...errors import ConfigError, RecordError, SubmitError
 from ...job import Job
-from ...records import write_record
 from ...result import RunState
 from . import _slots
 from ._common import (
@@ -40,6 +39,7 @@ from ._common import (
     _process_env,
     _reap_finished,
     _spawn_files,
+    _write_new_record,
 )
 from .config import LocalConfig
 from .handle import LocalRunHandle
@@ -156,7 +156,7 @@ class LocalBackend(Backend[LocalConfig]):
             # The record lives in the run folder: runs can be found and re-attached
             # from the folder alone (``tether ls``), even if the caller never saves one.
             try:
-                write_record(run_dir / "handle.json", handle.to_record(), sync=False)
+                _write_new_record(run_dir, handle.to_record())
             except OSError as exc:
                 raise SubmitError(
                     f"Cannot write the run record in '{run_dir}': {exc.strerror or exc}; "
