@@ -68,6 +68,7 @@ def bench(session: nox.Session) -> None:
     benches = [
         ["bench/local_throughput.py", *session.posargs],
         ["bench/wait_overhead.py"],
+        ["bench/wait_scale.py"],
         ["bench/docker_latency.py"],
         ["bench/cache_bench.py"],
         ["bench/inline_bench.py"],
