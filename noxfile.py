@@ -61,6 +61,10 @@ def bench(session: nox.Session) -> None:
     Slurm bench needs a Slurm cluster (``nox -s services`` starts a one-node one) and
     takes about two minutes.
     """
+    # musl-gcc builds the faster static supervisor (docs/local-backend.md), if apt can.
+    session.run(
+        "bash", "-c", "command -v musl-gcc || apt-get install -y musl-tools || true", external=True
+    )
     # joblib is only a contender in the inline bench, never a dependency of tether.
     session.install("-e", ".[docker,dask,numpy]", "joblib")
     # Throughput first: the wait bench deletes 400 run folders at its end, and on

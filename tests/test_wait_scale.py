@@ -146,8 +146,9 @@ async def test_a_shared_wait_sees_a_supervisor_die_without_a_record(tmp_path: Pa
             with anyio.fail_after(30):
                 while _exitwait.overflow_waiters() != 1:  # noqa: ASYNC110 (no event to wait on)
                     await anyio.sleep(0.02)
-            _proc.kill_session(handle.pid, signal.SIGKILL)  # the command, then its supervisor
+            # The supervisor first (killing the command first would let it record the end).
             os.kill(handle.pid, signal.SIGKILL)
+            _proc.kill_session(handle.pid, signal.SIGKILL)  # then the command it left
     finally:
         budget.limit = saved
     assert results[0].state is tether.RunState.LOST
