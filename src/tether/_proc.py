@@ -66,14 +66,19 @@ async def wait_pidfd(fd: int) -> None:
     await anyio.wait_readable(fd)
 
 
+def reaped(pid: int) -> bool:
+    """Reap our child ``pid`` if it has ended; True once it is gone (or not ours)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return done != 0
+
+
 def reap_finished(children: set[int]) -> None:
     """Reap the ended processes among ``children`` (our own) and forget them."""
     for pid in list(children):
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            done = pid
-        if done:
+        if reaped(pid):
             children.discard(pid)
 
 

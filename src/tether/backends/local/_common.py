@@ -10,6 +10,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from ... import _proc
 from ..._files import write_atomic
 from ...records import FORMAT, VERSION
 
@@ -52,11 +53,7 @@ def _reap_finished(limit: int = 16) -> None:
         pid = _rounds.popleft()
         if pid not in _children:
             continue  # reaped by its handle already
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            done = pid
-        if done:
+        if _proc.reaped(pid):
             _children.discard(pid)
         else:
             _rounds.append(pid)
@@ -64,13 +61,7 @@ def _reap_finished(limit: int = 16) -> None:
 
 def _reap(pid: int) -> None:
     """Reap our supervisor ``pid`` if it has exited (it may still be about to)."""
-    if pid not in _children:
-        return
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        done = pid
-    if done:
+    if pid in _children and _proc.reaped(pid):
         _children.discard(pid)
 
 
