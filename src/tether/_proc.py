@@ -82,12 +82,6 @@ def reap_finished(children: set[int]) -> None:
             children.discard(pid)
 
 
-def reap(pid: int) -> None:
-    """Collect the exit status of our own child, if it is one, so no zombie stays."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-
-
 def _cmdline(pid: int) -> list[bytes] | None:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
