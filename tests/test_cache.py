@@ -219,7 +219,8 @@ async def test_hit_handle_reloads_in_a_fresh_process(
 async def test_miss_waited_in_a_fresh_process_records_the_entry(
     tmp_path: Path, runs: Path, store: CacheStore
 ) -> None:
-    backend = cached(DummyConfig(runs_dir=runs, duration=2.0, stdout="slow\n"), store)
+    # Long enough for a fresh Python to start and load it on a busy machine.
+    backend = cached(DummyConfig(runs_dir=runs, duration=6.0, stdout="slow\n"), store)
     miss = await backend.submit(Job())
     path = await miss.save(tmp_path / "miss.json")
     seen = await anyio.to_thread.run_sync(run_python, LOAD_AND_WAIT, str(path))
