@@ -76,10 +76,13 @@ def _stamp(second: int) -> str:
 
 def make_run_dir(runs_dir: Path, run_id: str) -> Path:
     """Create the run's private folder (mode 0700) under ``runs_dir``."""
+    run_dir = runs_dir / run_id
     try:
-        make_private_dir(runs_dir)
-        run_dir = runs_dir / run_id
-        run_dir.mkdir(mode=0o700)
+        try:
+            os.mkdir(run_dir, 0o700)  # the runs folder is usually there already
+        except FileNotFoundError:
+            make_private_dir(runs_dir)
+            os.mkdir(run_dir, 0o700)
     except OSError as exc:
         raise SubmitError(
             f"Cannot create a run folder in '{runs_dir}': {exc.strerror}; "

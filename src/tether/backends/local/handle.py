@@ -91,12 +91,16 @@ class LocalRunHandle(RunHandle):
     # -- observing --------------------------------------------------------------
 
     def _read_exit(self) -> dict[str, Any] | None:
-        try:
-            data = json.loads((self._dir / "exit.json").read_text())
-        except (FileNotFoundError, NotADirectoryError):
+        try:  # os-level: one small file, read on every refresh
+            fd = os.open(self._dir / "exit.json", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:  # not there yet (or no folder): the caller looks further
             return None
+        try:
+            data = json.loads(os.read(fd, 1 << 16))
         except (OSError, ValueError):
             return None
+        finally:
+            os.close(fd)
         return data if isinstance(data, dict) else None
 
     def _alive(self) -> bool:
