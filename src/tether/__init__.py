@@ -260,17 +260,17 @@ if not TYPE_CHECKING:  # type checkers see the imports above, not this hook
 
     def __getattr__(name: str) -> object:
         """Import a public name, or a submodule (``tether.sync``), on first use."""
-        import importlib
-
+        # __import__ rather than importlib.import_module: -X importtime then shows
+        # what a lazy name costs.
         module = _EXPORTS.get(name)
         if module is not None:
-            value = getattr(importlib.import_module(module, __name__), name)
+            value = getattr(__import__(__name__ + module, fromlist=[name]), name)
         elif name.startswith("__"):
             raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
         else:
             # Submodules used to be imported by this module; keep `tether.job` working.
             try:
-                value = importlib.import_module(f"{__name__}.{name}")
+                value = __import__(f"{__name__}.{name}", fromlist=["*"])
             except ModuleNotFoundError as exc:
                 if exc.name != f"{__name__}.{name}":
                     raise

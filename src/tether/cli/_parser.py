@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -77,7 +76,7 @@ def _lazy(target: str) -> Command:
     module, _, name = target.partition(":")
 
     async def command(args: argparse.Namespace) -> int:
-        run: Command = getattr(importlib.import_module(f"{__package__}.{module}"), name)
+        run: Command = getattr(__import__(f"{__package__}.{module}", fromlist=[name]), name)
         return await run(args)
 
     command.__qualname__ = command.__name__ = name

@@ -27,12 +27,10 @@ _LAZY = {"LocalBackend": ".backend", "LocalConfig": ".config", "LocalRunHandle":
 if not TYPE_CHECKING:
 
     def __getattr__(name: str) -> object:
-        import importlib
-
         module = _LAZY.get(name)
         if module is None:
             raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(module, __name__), name)
+        value = getattr(__import__(__name__ + module, fromlist=[name]), name)
         globals()[name] = value
         return value
 
