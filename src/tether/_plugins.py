@@ -10,8 +10,10 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import EntryPoint, entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
 
 BACKENDS = "tether.backends"
 POSTPROCESSORS = "tether.postprocessors"
@@ -55,6 +57,8 @@ def register_check(group: str, check: Callable[[Any], str | None]) -> None:
 @functools.cache
 def _entry_points(group: str) -> tuple[EntryPoint, ...]:
     # Reading the installed distributions' metadata imports nothing of the plugins.
+    from importlib.metadata import entry_points  # only now: it costs ~20 ms to import
+
     return tuple(entry_points(group=group))
 
 

@@ -207,22 +207,32 @@ async def _fill(row: _Row, limiter: anyio.CapacityLimiter) -> None:
         row.error = handle.last_result.error
 
 
-async def _rows(runs_dir: Path) -> list[_Row]:
-    """Every run in ``runs_dir``, oldest first: summarised, or else loaded."""
+async def _load(rows: list[_Row]) -> None:
+    """Fill ``rows`` from their real handles, ``LOAD_LIMIT`` at a time."""
+    import anyio
+
+    limiter = anyio.CapacityLimiter(LOAD_LIMIT)
+    async with anyio.create_task_group() as tg:
+        for row in rows:
+            tg.start_soon(_fill, row, limiter)
+
+
+def _rows(runs_dir: Path) -> list[_Row]:
+    """Every run in ``runs_dir``, oldest first: summarised, or else loaded.
+
+    Synchronous: an event loop is started only when some run needs its handle.
+    """
     rows = _scan(runs_dir)
     pending = [row for row in rows if row.pending]
     if pending:
         import anyio
 
-        limiter = anyio.CapacityLimiter(LOAD_LIMIT)
-        async with anyio.create_task_group() as tg:
-            for row in pending:
-                tg.start_soon(_fill, row, limiter)
+        anyio.run(_load, pending)
     rows.sort(key=lambda row: (row.submitted, row.run_id))
     return rows
 
 
-async def ls(args: argparse.Namespace) -> int:
+def ls(args: argparse.Namespace) -> int:
     """List every run folder that holds a ``handle.json``, oldest first."""
     runs_dir: Path = args.runs_dir if args.runs_dir is not None else default_runs_dir()
     if not runs_dir.is_dir():
@@ -230,7 +240,7 @@ async def ls(args: argparse.Namespace) -> int:
             raise ConfigError(f"Runs folder '{runs_dir}' does not exist or is not a folder.")
         rows: list[_Row] = []
     else:
-        rows = await _rows(runs_dir)
+        rows = _rows(runs_dir)
     if args.json:
         write_lines(sys.stdout, [json.dumps([row.to_json() for row in rows], indent=2)])
         return EXIT_OK

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from .._version import __version__
 
 Command = Callable[[argparse.Namespace], Awaitable[int]]
+SyncCommand = Callable[[argparse.Namespace], int]
 
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -67,20 +68,29 @@ def _add_debug(parser: argparse.ArgumentParser, default: object) -> None:
     )
 
 
-def _lazy(target: str) -> Command:
-    """The command ``"module:function"`` of this package, imported when it runs.
+class LazyCommand:
+    """The command ``"module:function"`` of this package, imported only when it runs.
 
     Building the parser then imports none of the library: ``tether --help`` stays
-    quick, and ``tether ls`` loads no backend it does not list.
+    quick, and ``tether ls`` loads no backend it does not list. The function is an
+    async :data:`Command`, or a plain one (:data:`SyncCommand`) that needs no event
+    loop.
     """
-    module, _, name = target.partition(":")
 
-    async def command(args: argparse.Namespace) -> int:
-        run: Command = getattr(__import__(f"{__package__}.{module}", fromlist=[name]), name)
-        return await run(args)
+    def __init__(self, target: str) -> None:
+        self.target = target
 
-    command.__qualname__ = command.__name__ = name
-    return command
+    def load(self) -> Command | SyncCommand:
+        """Import the command's module; return the function."""
+        module, _, name = self.target.partition(":")
+        # __import__, not importlib.import_module: -X importtime then shows the cost.
+        command: Command | SyncCommand = getattr(
+            __import__(f"{__package__}.{module}", fromlist=[name]), name
+        )
+        return command
+
+    def __repr__(self) -> str:
+        return f"LazyCommand({self.target!r})"
 
 
 def _add(
@@ -96,7 +106,7 @@ def _add(
     # SUPPRESS: a subcommand without --debug keeps a --debug given before it.
     _add_debug(sub, default=argparse.SUPPRESS)
     if command is not None:
-        sub.set_defaults(func=_lazy(command))
+        sub.set_defaults(func=LazyCommand(command))
     return sub
 
 

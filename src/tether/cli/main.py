@@ -9,14 +9,15 @@ a command imports what it needs when it runs.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ._exits import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
-from ._parser import Command, build_parser
+from ._parser import Command, LazyCommand, SyncCommand, build_parser
 
 if TYPE_CHECKING:
     import anyio.abc
@@ -107,9 +108,14 @@ def _report(exc: BaseException, *, debug: bool) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tether`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
-    import anyio  # only now: --help and usage errors exit inside parse_args
-
+    lazy: LazyCommand = args.func
     try:
-        return anyio.run(_until_interrupted, args.func, args)
+        command = lazy.load()
+        if not inspect.iscoroutinefunction(command):
+            # No event loop (``tether ls``): Ctrl-C is a plain KeyboardInterrupt.
+            return cast(SyncCommand, command)(args)
+        import anyio  # only now: --help and usage errors exit inside parse_args
+
+        return anyio.run(_until_interrupted, command, args)
     except BaseException as exc:
         return _report(exc, debug=args.debug)
