@@ -77,11 +77,13 @@ class LazyCommand:
     loop.
     """
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str | Command | SyncCommand) -> None:
         self.target = target
 
     def load(self) -> Command | SyncCommand:
         """Import the command's module; return the function."""
+        if not isinstance(self.target, str):
+            return self.target  # given as a function: already imported
         module, _, name = self.target.partition(":")
         # __import__, not importlib.import_module: -X importtime then shows the cost.
         command: Command | SyncCommand = getattr(
@@ -94,8 +96,13 @@ class LazyCommand:
 
 
 def _add(
-    commands: SubParsers, name: str, help: str, command: str | None = None
+    commands: SubParsers,
+    name: str,
+    help: str,
+    command: str | Command | SyncCommand | None = None,
 ) -> argparse.ArgumentParser:
+    """Add the sub-command ``name``; naming ``command`` as ``"module:function"`` keeps its
+    module (and what it imports) out of ``tether --help``."""
     sub: argparse.ArgumentParser = commands.add_parser(
         name,
         help=help,
