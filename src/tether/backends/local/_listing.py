@@ -93,6 +93,7 @@ def summarize(record: dict[str, Any], pid_exists: Callable[[int], bool]) -> RunS
     if not (
         isinstance(capture, bool)
         and isinstance(run_dir_text, str)
+        and run_dir_text.startswith("/")  # joined as text below, so never relative
         and isinstance(pid, int)
         and not isinstance(pid, bool)
         and (ticks is None or (isinstance(ticks, int) and not isinstance(ticks, bool)))
