@@ -20,8 +20,8 @@ stays the same as the folder grows; below 1, fixed costs such as start-up and th
 first full handle load weigh less), and so is what each run past 1,000 adds. The
 listing is checked first (one row per run; the mix of states is printed). The
 folders go in a temporary folder in ``--scratch`` (default: tether's state folder,
-where runs go) and are removed at the end, the live run cancelled. Results go to ``bench/results/ls_bench.json``; the exit
-status is 1 when the bar is missed.
+where runs go) and are removed at the end, the live run cancelled. Results go to
+``bench/results/ls_bench.json``; the exit status is 1 when the bar is missed.
 
 Usage::
 

@@ -119,9 +119,9 @@ def main() -> int:
         order = list(commands)
         rng.shuffle(order)
         for name in order:
-            wall, cpu = _time(commands[name], env)
-            walls[name].append(wall * 1000)
-            cpus[name].append(cpu * 1000)
+            seconds, cpu_seconds = _time(commands[name], env)
+            walls[name].append(seconds * 1000)
+            cpus[name].append(cpu_seconds * 1000)
 
     wall = {name: statistics.median(values) for name, values in walls.items()}
     cpu = {name: statistics.median(values) for name, values in cpus.items()}
