@@ -79,6 +79,9 @@ def bench(session: nox.Session) -> None:
         ["bench/pipeline_bench.py"],
         ["bench/slurm_bench.py"],
         ["bench/dask_bench.py"],
+        ["bench/startup_bench.py"],
+        # Last: it makes and then deletes 11,000 run folders (see the note above).
+        ["bench/ls_bench.py"],
     ]
     # Every bench runs, even after one misses its bar (a slow disk must not hide the
     # other figures); the session fails at the end if any missed.

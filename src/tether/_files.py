@@ -104,7 +104,12 @@ def read_capped(path: Path, what: str) -> bytes | str:
     OSErrors (missing, unreadable) are the caller's to report.
     """
     with Path(path).open("rb") as handle:
-        data = handle.read(MAX_FILE_SIZE + 1)
+        # Ask for the size fstat gives (plus one byte, to see growth) rather than the
+        # cap: read(n) allocates n bytes up front, 10 MiB for every small record.
+        size = os.fstat(handle.fileno()).st_size
+        data = handle.read(min(size, MAX_FILE_SIZE) + 1)
+        if len(data) > size:  # it grew, or a device (/dev/zero) reports no size
+            data += handle.read(MAX_FILE_SIZE + 1 - len(data))
     if len(data) <= MAX_FILE_SIZE:
         return data
     return (

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
 from pydantic import ValidationError
 
 from ._files import oversize, read_capped
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    import yaml
 
 Loc = tuple[str | int, ...]
 
@@ -71,6 +73,8 @@ def read_mapping(path: Path, what: str) -> tuple[dict[str, Any], dict[Loc, int]]
             raise ConfigError(f"{path}: invalid JSON: {_first_line(exc)}") from exc
         lines: dict[Loc, int] = {}
     else:
+        import yaml  # here: a YAML parser is only needed for a YAML file
+
         try:
             node = yaml.compose(text, Loader=yaml.SafeLoader)
             lines = _line_map(node, path) if node is not None else {}
@@ -100,6 +104,8 @@ def _first_line(exc: BaseException) -> str:
 
 def _line_map(root: yaml.Node, path: Path) -> dict[Loc, int]:
     """Field path → line, after checking that aliases neither recurse nor explode."""
+    import yaml
+
     sizes: dict[int, int] = {}
 
     def size(node: yaml.Node, active: set[int]) -> int:

@@ -8,30 +8,15 @@ collected outputs, and a ``Call``'s value or exception from its outcome file.
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 from typing import Any
 
 from . import _worker as worker
-from ._runs import collect_outputs, last_line
+from ._runs import collect_outputs
+from ._runs import failure_reason as failure_reason  # its home before; backends use it
 from .call import Call, outcome_fields
 from .job import Job
 from .result import RunResult, RunState, utc_time
-
-
-def failure_reason(code: Any, stderr: Path | None) -> str:
-    """Why a command failed, in words: its exit status and its last line of stderr."""
-    if isinstance(code, int) and code < 0:
-        try:
-            text = f"killed by signal {signal.Signals(-code).name}"
-        except ValueError:
-            text = f"killed by signal {-code}"
-    elif code == 127:
-        text = "exit code 127 (command not found?)"
-    else:
-        text = f"exit code {code}"
-    tail = last_line(stderr) if stderr else ""
-    return f"{text}: {tail}" if tail else text
 
 
 def supervised_result(

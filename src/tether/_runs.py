@@ -9,11 +9,14 @@ import os
 import random
 import re
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from ._files import make_private_dir
 from .errors import SubmitError
@@ -42,6 +45,15 @@ RESERVED = frozenset(
         "slots-request.json",
     }
 )
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a listing shows of a run: its state, and once ended its exit code and error."""
+
+    state: str
+    exit_code: int | None = None
+    error: str | None = None
 
 
 def new_run_id(name: str) -> str:
@@ -163,6 +175,21 @@ def collect_outputs(patterns: list[str], workdir: Path, run_dir: Path) -> list[P
                     os.unlink(tmp)
             found.append(target)
     return found
+
+
+def failure_reason(code: Any, stderr: Path | None) -> str:
+    """Why a command failed, in words: its exit status and its last line of stderr."""
+    if isinstance(code, int) and code < 0:
+        try:
+            text = f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            text = f"killed by signal {-code}"
+    elif code == 127:
+        text = "exit code 127 (command not found?)"
+    else:
+        text = f"exit code {code}"
+    tail = last_line(stderr) if stderr else ""
+    return f"{text}: {tail}" if tail else text
 
 
 def last_line(path: Path, limit: int = 4096) -> str:

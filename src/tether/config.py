@@ -29,7 +29,7 @@ class BackendConfig(BaseModel):
     the backend. Unknown fields are errors, so a typo never goes unnoticed.
     """
 
-    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True, defer_build=True)
 
     #: Names the backend in the registry; subclasses narrow it to a Literal.
     type: str

@@ -52,7 +52,7 @@ def parse_memory(value: str | int) -> int:
 class Resources(BaseModel):
     """What a run needs; each backend honours what it can and ignores the rest."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     cpus: int | None = Field(None, ge=1, description="CPU cores.")
     memory: str | None = Field(
@@ -84,7 +84,7 @@ class Resources(BaseModel):
 class Job(BaseModel):
     """What to run: a command, its environment, input files and output globs."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     name: str = Field("job", min_length=1, description="Human name; also prefixes run ids.")
     command: str | list[str] | None = Field(

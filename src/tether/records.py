@@ -46,10 +46,21 @@ def read_record(path: Path) -> dict[str, Any]:
         data = read_capped(path, "Handle")
         if isinstance(data, str):
             raise RecordError(data)
-        text = data.decode("utf-8")
     except FileNotFoundError:
         raise RecordError(f"Handle file '{path}' does not exist: check the path.") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise RecordError(f"Handle file '{path}' cannot be read: {exc}") from exc
+    return parse_record(data, path)
+
+
+def parse_record(data: bytes, path: Path | str) -> dict[str, Any]:
+    """Check the bytes of the handle file ``path``, read by the caller; as :func:`read_record`.
+
+    For listings that read thousands of records their own way (``tether ls``).
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise RecordError(f"Handle file '{path}' cannot be read: {exc}") from exc
     try:
         record = json.loads(text)

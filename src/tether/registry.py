@@ -43,13 +43,15 @@ def broken_backends() -> dict[str, str]:
 
 
 def config_class(name: str) -> type[BackendConfig]:
-    """The config class registered under ``name``."""
-    plugins = _plugins.discover(_plugins.BACKENDS)
-    if name in plugins.found:
-        cls: type[BackendConfig] = plugins.found[name]
+    """The config class registered under ``name``; only that backend is imported."""
+    plugin = _plugins.find(_plugins.BACKENDS, name)
+    if plugin is not None and plugin.broken is None:
+        cls: type[BackendConfig] = plugin.obj
         return cls
-    if name in plugins.broken:
-        raise UnknownBackendError(f"Backend {quote(name)} failed to load: {plugins.broken[name]}")
+    if plugin is not None:
+        raise UnknownBackendError(f"Backend {quote(name)} failed to load: {plugin.broken}")
+    # Only now every backend is loaded, to name the known ones.
+    plugins = _plugins.discover(_plugins.BACKENDS)
     known = ", ".join(sorted(plugins.found)) or "none (is tether installed? pip install -e .)"
     raise UnknownBackendError(f"Unknown backend type {quote(name)}; known types: {known}.")
 

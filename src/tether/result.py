@@ -54,7 +54,9 @@ class RunResult(BaseModel):
     form (``model_dump(mode="json")``): saved records never hold pickled objects.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", arbitrary_types_allowed=True, defer_build=True
+    )
 
     run_id: str
     state: RunState

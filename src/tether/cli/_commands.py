@@ -17,6 +17,7 @@ from ..handle import RunHandle, Stream
 from ..job import Job
 from ..registry import load_config, load_handle, load_job
 from ..result import RunResult, RunState
+from ._exits import EXIT_OK, EXIT_RUN_FAILED, EXIT_WAIT_TIMEOUT
 from ._render import (
     StatusDisplay,
     result_json,
@@ -25,12 +26,6 @@ from ._render import (
     summary,
     write_lines,
 )
-
-EXIT_OK = 0  # the run succeeded, or the command did what it was asked
-EXIT_RUN_FAILED = 1  # the run ended in another state than SUCCEEDED
-EXIT_USAGE = 2  # bad arguments, job, config or handle file (argparse uses 2 as well)
-EXIT_WAIT_TIMEOUT = 3  # wait --timeout ran out; the run goes on
-EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it)
 
 #: Seconds between redraws of the status line, and between asking the backend for
 #: news: the wait itself is event-driven; this only keeps the display current,

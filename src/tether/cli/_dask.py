@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 
 from ..backends.dask import DaskConfig
@@ -13,18 +12,6 @@ from ..registry import load_config
 from ._render import table, write_lines
 
 EXIT_OK = 0
-
-_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def duration(text: str) -> float:
-    """Seconds from ``90``, ``90s``, ``15m``, ``2h`` or ``7d`` (an argparse type)."""
-    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text.lower())
-    if found is None:
-        raise argparse.ArgumentTypeError(
-            f"not a duration: {text!r} (give seconds, or a number with s, m, h or d: 2h, 7d)"
-        )
-    return float(found.group(1)) * _UNITS[found.group(2)]
 
 
 def _config(args: argparse.Namespace) -> DaskConfig:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import __version__
-from . import _backends, _cache, _commands, _dask, _docker, _ls, _pipeline
+from .._version import __version__
 
 Command = Callable[[argparse.Namespace], Awaitable[int]]
+SyncCommand = Callable[[argparse.Namespace], int]
 
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -43,6 +44,19 @@ def _seconds(text: str) -> float:
     return value
 
 
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``15m``, ``2h`` or ``7d`` (an argparse type)."""
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text.lower())
+    if found is None:
+        raise argparse.ArgumentTypeError(
+            f"not a duration: {text!r} (give seconds, or a number with s, m, h or d: 2h, 7d)"
+        )
+    return float(found.group(1)) * _UNITS[found.group(2)]
+
+
 def _add_debug(parser: argparse.ArgumentParser, default: object) -> None:
     # Not shared through `parents=`: argparse shares the action objects, and so
     # their defaults, between a parent and its children.
@@ -54,9 +68,41 @@ def _add_debug(parser: argparse.ArgumentParser, default: object) -> None:
     )
 
 
+class LazyCommand:
+    """The command ``"module:function"`` of this package, imported only when it runs.
+
+    Building the parser then imports none of the library: ``tether --help`` stays
+    quick, and ``tether ls`` loads no backend it does not list. The function is an
+    async :data:`Command`, or a plain one (:data:`SyncCommand`) that needs no event
+    loop.
+    """
+
+    def __init__(self, target: str | Command | SyncCommand) -> None:
+        self.target = target
+
+    def load(self) -> Command | SyncCommand:
+        """Import the command's module; return the function."""
+        if not isinstance(self.target, str):
+            return self.target  # given as a function: already imported
+        module, _, name = self.target.partition(":")
+        # __import__, not importlib.import_module: -X importtime then shows the cost.
+        command: Command | SyncCommand = getattr(
+            __import__(f"{__package__}.{module}", fromlist=[name]), name
+        )
+        return command
+
+    def __repr__(self) -> str:
+        return f"LazyCommand({self.target!r})"
+
+
 def _add(
-    commands: SubParsers, name: str, help: str, command: Command | None = None
+    commands: SubParsers,
+    name: str,
+    help: str,
+    command: str | Command | SyncCommand | None = None,
 ) -> argparse.ArgumentParser:
+    """Add the sub-command ``name``; naming ``command`` as ``"module:function"`` keeps its
+    module (and what it imports) out of ``tether --help``."""
     sub: argparse.ArgumentParser = commands.add_parser(
         name,
         help=help,
@@ -67,7 +113,7 @@ def _add(
     # SUPPRESS: a subcommand without --debug keeps a --debug given before it.
     _add_debug(sub, default=argparse.SUPPRESS)
     if command is not None:
-        sub.set_defaults(func=command)
+        sub.set_defaults(func=LazyCommand(command))
     return sub
 
 
@@ -113,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     config_help = "backend config file (YAML or JSON, with a 'type'); overrides the job file's"
     handle_help = "saved handle file"
 
-    sub = _add(commands, "run", "submit a job and wait for it, showing its state", _commands.run)
+    sub = _add(commands, "run", "submit a job and wait for it, showing its state", "_commands:run")
     sub.add_argument("job", type=Path, metavar="JOB", help=job_help)
     sub.add_argument("--backend-config", type=Path, metavar="CFG", help=config_help)
     sub.add_argument(
@@ -134,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
         commands,
         "submit",
         "submit a job, save its handle, print the run id (run --detach --handle H)",
-        _commands.submit,
+        "_commands:submit",
     )
     sub.add_argument("job", type=Path, metavar="JOB", help=job_help)
     sub.add_argument(
@@ -143,11 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--backend-config", type=Path, metavar="CFG", help=config_help)
     _cache_options(sub)
 
-    sub = _add(commands, "status", "print the current state of a saved run", _commands.status)
+    sub = _add(commands, "status", "print the current state of a saved run", "_commands:status")
     sub.add_argument("handle", type=Path, metavar="HANDLE", help=handle_help)
     _json(sub, "the result once ended, else run_id and state,")
 
-    sub = _add(commands, "wait", "wait for a saved run to end and print its result", _commands.wait)
+    sub = _add(
+        commands, "wait", "wait for a saved run to end and print its result", "_commands:wait"
+    )
     sub.add_argument("handle", type=Path, metavar="HANDLE", help=handle_help)
     sub.add_argument(
         "--timeout",
@@ -157,11 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _json(sub, "the result")
 
-    sub = _add(commands, "cancel", "cancel a saved run and print its final state", _commands.cancel)
+    sub = _add(
+        commands, "cancel", "cancel a saved run and print its final state", "_commands:cancel"
+    )
     sub.add_argument("handle", type=Path, metavar="HANDLE", help=handle_help)
     _json(sub, "the final result")
 
-    sub = _add(commands, "logs", "print a saved run's output lines", _commands.logs)
+    sub = _add(commands, "logs", "print a saved run's output lines", "_commands:logs")
     sub.add_argument("handle", type=Path, metavar="HANDLE", help=handle_help)
     sub.add_argument(
         "-f", "--follow", action="store_true", help="keep printing new lines until the run ends"
@@ -171,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print JSON Lines: {run_id, stream, line} per line"
     )
 
-    sub = _add(commands, "ls", "list the runs in a runs folder, with state and age", _ls.ls)
+    sub = _add(commands, "ls", "list the runs in a runs folder, with state and age", "_ls:ls")
     sub.add_argument(
         "runs_dir",
         type=Path,
@@ -189,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         verbs,
         "list",
         "list every backend, what it can do and whether it works here",
-        _backends.list_,
+        "_backends:list_",
     )
     sub.add_argument("--available", action="store_true", help="only the backends usable here")
     _json(sub, "the backends")
@@ -198,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         verbs,
         "create",
         "print a commented config template that validates as written",
-        _backends.create,
+        "_backends:create",
     )
     sub.add_argument("--backend-type", required=True, metavar="T", help=type_help)
     sub.add_argument(
@@ -208,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--force", action="store_true", help="overwrite an existing --output file")
 
     sub = _add(
-        verbs, "validate", "check a backend config file; print every problem", _backends.validate
+        verbs, "validate", "check a backend config file; print every problem", "_backends:validate"
     )
     sub.add_argument("file", type=Path, metavar="FILE", help="backend config file (YAML or JSON)")
     sub.add_argument(
@@ -223,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _json(sub, "the outcome (secret values left out)")
 
-    sub = _add(verbs, "schema", "print a backend config's JSON schema", _backends.schema)
+    sub = _add(verbs, "schema", "print a backend config's JSON schema", "_backends:schema")
     sub.add_argument("--backend-type", required=True, metavar="T", help=type_help)
     sub.add_argument(
         "--format", choices=["json", "yaml"], default="json", help="output format (default json)"
@@ -241,22 +291,22 @@ def build_parser() -> argparse.ArgumentParser:
             "~/.cache/tether/cache.sqlite)",
         )
 
-    sub = _add(verbs, "stats", "print how many entries and bytes the store holds", _cache.stats)
+    sub = _add(verbs, "stats", "print how many entries and bytes the store holds", "_cache:stats")
     store_option(sub)
     _json(sub, "the figures")
-    sub = _add(verbs, "ls", "list the entries, least recently used first", _cache.ls)
+    sub = _add(verbs, "ls", "list the entries, least recently used first", "_cache:ls")
     store_option(sub)
     _json(sub, "the entries")
-    sub = _add(verbs, "show", "print one entry as JSON", _cache.show)
+    sub = _add(verbs, "show", "print one entry as JSON", "_cache:show")
     sub.add_argument("key", metavar="KEY", help="the entry's key, or a unique prefix of it")
     store_option(sub)
-    sub = _add(verbs, "clear", "forget every entry and delete every blob", _cache.clear)
+    sub = _add(verbs, "clear", "forget every entry and delete every blob", "_cache:clear")
     store_option(sub)
     sub = _add(
         verbs,
         "prune",
         "drop least recently used entries beyond --max-size; delete unused blobs",
-        _cache.prune,
+        "_cache:prune",
     )
     sub.add_argument(
         "--max-size", metavar="SIZE", help="keep at most this much (e.g. 10G, 500m, bytes)"
@@ -269,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         verbs,
         "run",
         "run a pipeline file; run it again after a crash to resume where it stopped",
-        _pipeline.run,
+        "_pipeline:run",
     )
     sub.add_argument("file", type=Path, metavar="FILE", help="pipeline file (YAML or JSON)")
     sub.add_argument(
@@ -293,10 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--fresh", action="store_true", help="forget the state file and run every step again"
     )
     _json(sub, "the full result")
-    sub = _add(verbs, "status", "print what a pipeline state file records", _pipeline.status)
+    sub = _add(verbs, "status", "print what a pipeline state file records", "_pipeline:status")
     sub.add_argument("state", type=Path, metavar="STATE", help="pipeline state file")
     _json(sub, "the steps")
-    sub = _add(verbs, "validate", "check a pipeline file and print its steps", _pipeline.validate)
+    sub = _add(verbs, "validate", "check a pipeline file and print its steps", "_pipeline:validate")
     sub.add_argument("file", type=Path, metavar="FILE", help="pipeline file (YAML or JSON)")
 
     docker = _add(commands, "docker", "manage the Docker backend's containers")
@@ -305,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
         verbs,
         "prune",
         "remove tether's ended containers whose results are recorded; list orphans",
-        _docker.prune,
+        "_docker:prune",
     )
     sub.add_argument(
         "--docker-host",
@@ -326,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
         verbs,
         "prune",
         "release ended runs the scheduler keeps (as handle.forget() does); list running ones",
-        _dask.prune,
+        "_dask:prune",
     )
     sub.add_argument(
         "address", nargs="?", metavar="ADDRESS", help="scheduler address (tcp://HOST:8786)"
@@ -339,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument(
         "--older-than",
-        type=_dask.duration,
+        type=_duration,
         metavar="AGE",
         help="only runs that ended at least this long ago (90s, 15m, 2h, 7d)",
     )

@@ -17,7 +17,7 @@ from ..errors import ConfigError
 from ..pipelines import journal
 from ..pipelines.report import PipelineEvent, PipelineResult, StepState
 from ..pipelines.spec import load_pipeline
-from ._commands import EXIT_OK, EXIT_RUN_FAILED
+from ._exits import EXIT_OK, EXIT_RUN_FAILED
 from ._render import table, write_lines
 
 if TYPE_CHECKING:

@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from ..result import RunResult, RunState
-
 if TYPE_CHECKING:
     from rich.live import Live
     from rich.spinner import Spinner
+
+    from ..result import RunResult, RunState
 
 
 def summary(result: RunResult, folder: Path | None = None) -> str:

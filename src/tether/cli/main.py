@@ -1,27 +1,26 @@
 """``tether``: run jobs and manage saved run handles from the shell.
 
 The edge where errors become exit codes and one-line messages; the parser is in
-``_parser``, the commands in ``_commands``, ``_backends`` and ``_ls``.
+``_parser``, the commands in ``_commands``, ``_backends`` and ``_ls``. Nothing here
+imports the library itself, so ``tether --help`` and a mistyped option answer at once:
+a command imports what it needs when it runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import signal
 import sys
-import traceback
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
-import anyio
-import anyio.abc
+from ._exits import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from ._parser import Command, LazyCommand, SyncCommand, build_parser
 
-from ..errors import TetherError
-from ._commands import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
-from ._parser import Command, build_parser
-from ._render import describe_os_error, error_lines
-
-EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of our output went away (`| head`)
+if TYPE_CHECKING:
+    import anyio.abc
 
 
 async def _until_interrupted(command: Command, args: argparse.Namespace) -> int:
@@ -31,6 +30,8 @@ async def _until_interrupted(command: Command, args: argparse.Namespace) -> int:
     anywhere, turns Ctrl-C into ordinary cancellation: ``tether run`` can then
     cancel its run in a shielded scope before the process exits.
     """
+    import anyio
+
     interrupted = False
     code = EXIT_OK
     error: Exception | None = None
@@ -72,6 +73,11 @@ def _unwrap(exc: BaseException) -> BaseException:
 
 def _report(exc: BaseException, *, debug: bool) -> int:
     """Turn an error escaping a command into messages on stderr and an exit status."""
+    import traceback
+
+    from ..errors import TetherError
+    from ._render import describe_os_error, error_lines
+
     error = _unwrap(exc)
     if isinstance(error, KeyboardInterrupt):
         return EXIT_INTERRUPTED
@@ -102,7 +108,14 @@ def _report(exc: BaseException, *, debug: bool) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tether`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
+    lazy: LazyCommand = args.func
     try:
-        return anyio.run(_until_interrupted, args.func, args)
+        command = lazy.load()
+        if not inspect.iscoroutinefunction(command):
+            # No event loop (``tether ls``): Ctrl-C is a plain KeyboardInterrupt.
+            return cast(SyncCommand, command)(args)
+        import anyio  # only now: --help and usage errors exit inside parse_args
+
+        return anyio.run(_until_interrupted, command, args)
     except BaseException as exc:
         return _report(exc, debug=args.debug)

@@ -39,7 +39,7 @@ class Attempt(BaseModel):
     (``state`` is terminal, ``reason`` says why it did not succeed).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     number: int = Field(ge=1, description="1 for the first attempt, 2 for the first retry...")
     run_id: str | None = Field(None, description="The inner run's id (once known).")
@@ -57,7 +57,7 @@ class Attempt(BaseModel):
 class RetryState(BaseModel):
     """Everything handles of one retried run share."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     run_id: str
     attempts: list[Attempt] = Field(min_length=1)

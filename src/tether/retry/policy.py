@@ -31,7 +31,7 @@ class Backoff(BaseModel):
     failed together spread out.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     initial: float = Field(
         1.0, ge=0, le=86400, description="Seconds before the first retry.", examples=[1.0]
@@ -73,7 +73,7 @@ class RetryPolicy(BaseModel):
     the delay between attempts (:class:`Backoff`).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     retries: int = Field(
         2, ge=0, le=100, description="Attempts after the first (0-100).", examples=[3]
