@@ -33,17 +33,20 @@ def all_succeeded(record: StepRecord, count: int) -> bool:
 
 
 def stage_report(info: dict[str, Any]) -> StageReport:
-    return StageReport(
+    """A stage's report from its journal record (built without re-validating)."""
+    message = info.get("message")
+    return StageReport.model_construct(
         state=str(info.get("state") or "PENDING"),
         started_at=when(info.get("started")),
         ended_at=when(info.get("time")) if info.get("state") != "RUNNING" else None,
-        message=info.get("message"),
+        message=None if message is None else str(message),
     )
 
 
 def member_report(index: int, member: MemberRecord, step: Step, origin: Origin) -> MemberReport:
+    """A run's report from its journal record; the recorded result is validated."""
     result = RunResult.model_validate(member.result) if member.result else None
-    return MemberReport(
+    return MemberReport.model_construct(
         index=index,
         run_id=member.run_id or (result.run_id if result else None),
         state=result.state if result else None,
