@@ -10,7 +10,7 @@ from ..config import BackendConfig
 from ..errors import ConfigError
 from ..handle import RunHandle
 from ..job import Job
-from .step import Step
+from .step import Step, encode_fields
 
 if TYPE_CHECKING:
     from .runner import Pipeline
@@ -22,8 +22,8 @@ class StepBackends:
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
         self._made: dict[Any, Backend[Any]] = {}
-        #: id(backend) → its cache fields (the backends live as long as this object).
-        self._fields: dict[int, dict[str, Any]] = {}
+        #: id(backend) → its encoded cache fields (the backends live as long as this).
+        self._fields: dict[int, str] = {}
 
     def backend_of(self, step: Step) -> Backend[Any]:
         """The step's backend: wrapped in the cache and in retries when the step asks."""
@@ -58,11 +58,12 @@ class StepBackends:
         self._made[memo] = backend
         return backend
 
-    def cache_fields(self, backend: Backend[Any]) -> dict[str, Any]:
-        """The backend's result-relevant settings, for step digests (built once per backend)."""
+    def cache_fields(self, backend: Backend[Any]) -> str:
+        """The backend's result-relevant settings, encoded for step digests once per backend."""
         fields = self._fields.get(id(backend))
         if fields is None:
-            self._fields[id(backend)] = fields = backend.config.cache_fields()
+            fields = encode_fields(backend.config.cache_fields())
+            self._fields[id(backend)] = fields
         return fields
 
 

@@ -28,7 +28,7 @@ from . import _resume
 from ._backends import StepBackends, submit
 from ._generate import generate
 from ._recorder import Recorder
-from ._reports import json_params, when
+from ._reports import json_params, recorded_result, when
 from ._retries import journal_attempts
 from .journal import Journal, MemberRecord, Replay
 from .report import MemberReport, PipelineEvent, PipelineResult, StepReport, StepState
@@ -56,8 +56,7 @@ class _Run:
         self.limiter = anyio.CapacityLimiter(max_concurrency)
         self.journal = Journal(state, pipeline.name) if state is not None else None
         self.state = state
-        # Built without validation: every value is the runner's own.
-        self.reports = {name: StepReport.model_construct(name=name) for name in self.steps}
+        self.reports = {name: StepReport(name=name) for name in self.steps}
         self.values: dict[str, list[Any]] = {}
         #: Steps that ended (or were done before), and events for those awaited before.
         self._ended: set[str] = set()
@@ -117,7 +116,8 @@ class _Run:
             for name in fresh:
                 await _resume.cancel_leftovers(self.replay.steps.get(name))
             for name in done:
-                _resume.report_done(self.reports[name], self.replay.steps[name], self.steps[name])
+                record = self.replay.steps[name]
+                self.reports[name] = _resume.report_done(name, record, self.steps[name])
                 self._step_ended(name)
                 self.rec.emit("step", "SUCCEEDED", step=name, message="finished in an earlier run")
             if len(done) < len(self.steps):
@@ -146,7 +146,7 @@ class _Run:
     def _result(self, started: float) -> PipelineResult:
         reports = self.reports
         job_steps = [name for name, step in self.steps.items() if step.job is not None]
-        result = PipelineResult.model_construct(
+        result = PipelineResult(
             name=self.pipeline.name,
             success=all(r.state is StepState.SUCCEEDED for r in reports.values()),
             run_success=all(reports[name].run_success for name in job_steps),
@@ -208,8 +208,7 @@ class _Run:
         if step.job is not None:
             rec.stage(name, "run", "RUNNING")
             report.runs = [
-                MemberReport.model_construct(index=i, params=json_params(step, i))
-                for i in range(len(jobs))
+                MemberReport(index=i, params=json_params(step, i)) for i in range(len(jobs))
             ]
             self.values[name] = [None] * len(jobs)
             record = None if fresh else self.replay.steps.get(name)
@@ -254,7 +253,7 @@ class _Run:
         step = self.steps[name]
         rec = self.rec
         if member is not None and member.result is not None:
-            kept = RunResult.model_validate(member.result)
+            kept = recorded_result(member.result)
             if kept.ok and await self._keep(name, index, job, member, kept):
                 report.run_id, report.state, report.origin = kept.run_id, kept.state, "recorded"
                 return

@@ -148,16 +148,20 @@ async def reattach(
     return handle, origin
 
 
-def report_done(report: StepReport, record: StepRecord, step: Step) -> None:
-    """Fill in the report of a step that finished in an earlier run, from its record."""
-    report.state = StepState.SUCCEEDED
-    report.resumed = True
-    report.digest = record.digest
-    report.reason = "finished in an earlier run"
-    report.started_at, report.ended_at = when(record.started), when(record.ended)
-    report.stages = {k: stage_report(v) for k, v in record.stages.items()}
-    report.runs = [
-        member_report(index, record.members[index], step, "recorded")
-        for index in range(len(step.members()))
-    ]
-    report.postprocess_results = list(record.postprocess)
+def report_done(name: str, record: StepRecord, step: Step) -> StepReport:
+    """The report of a step that finished in an earlier run, from its record."""
+    return StepReport(
+        name=name,
+        state=StepState.SUCCEEDED,
+        resumed=True,
+        digest=record.digest,
+        reason="finished in an earlier run",
+        started_at=when(record.started),
+        ended_at=when(record.ended),
+        stages={k: stage_report(v) for k, v in record.stages.items()},
+        runs=[
+            member_report(index, record.members[index], step, "recorded")
+            for index in range(len(step.members()))
+        ],
+        postprocess_results=record.postprocess,
+    )

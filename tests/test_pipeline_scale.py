@@ -1,0 +1,157 @@
+"""A pipeline of thousands of steps: it runs, its state file stays O(steps) through
+compaction, and it resumes to the same result (correctness only; the speed is
+``bench/pipeline_scale.py``'s)."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from tether import DummyConfig, Job, Pipeline, Step, StepState
+from tether.pipelines import journal
+from tether.pipelines.journal import Journal, StepRecord
+
+pytestmark = pytest.mark.anyio
+
+#: Small enough to finish in seconds on a loaded 2-core machine; with the floor
+#: lowered, large enough for several compactions while it runs.
+STEPS = 2000
+FLOOR = 64 * 1024
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def compactions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Lower the compaction floor; record the file's size before each compaction."""
+    monkeypatch.setattr(journal, "COMPACT_FLOOR", FLOOR)
+    sizes: list[int] = []
+    compact = Journal.compact
+
+    def counted(self: Journal) -> None:
+        sizes.append(self.path.stat().st_size)
+        compact(self)
+
+    monkeypatch.setattr(Journal, "compact", counted)
+    return sizes
+
+
+def wide(n: int, folder: Path, **options: Any) -> Pipeline:
+    """A root step and ``n`` zero-work steps below it, on the dummy backend."""
+    root = Step("root", Job(name="root", command="true"))
+    steps = [Step(f"s{i}", Job(command="true"), depends_on=[root]) for i in range(n)]
+    return Pipeline(
+        [root, *steps],
+        name="wide",
+        backend=DummyConfig(runs_dir=folder / "runs", **options),
+        state=folder / "state.jsonl",
+    )
+
+
+def states(result: Any) -> dict[str, StepState]:
+    return {name: step.state for name, step in result.steps.items()}
+
+
+async def test_a_large_pipeline_keeps_its_state_file_bounded(
+    tmp_path: Path, compactions: list[int]
+) -> None:
+    pipeline = wide(STEPS, tmp_path)
+    first = await pipeline.run(max_concurrency=256)
+    assert first.success and len(first.steps) == STEPS + 1
+    state = tmp_path / "state.jsonl"
+    final = state.stat().st_size
+    # Compacted while running, not only at the end; never far above the snapshot.
+    assert len(compactions) >= 3
+    line = max(len(raw) for raw in state.read_bytes().splitlines())
+    for size in compactions:
+        assert size <= (1 + journal.COMPACT_RATIO) * final + FLOOR + line
+    # O(steps): a tenth of the pipeline takes a tenth of the bytes per step, give or take.
+    small = tmp_path / "small"
+    await wide(STEPS // 10, small).run()
+    per_step = final / (STEPS + 1)
+    small_per_step = (small / "state.jsonl").stat().st_size / (STEPS // 10 + 1)
+    assert 0.8 < per_step / small_per_step < 1.2
+    # The header and one snapshot line per step, each replaying to the report.
+    events = [json.loads(raw) for raw in state.read_bytes().splitlines()]
+    assert [e["e"] for e in events] == ["pipeline"] + ["snapshot"] * (STEPS + 1)
+    assert events[0]["version"] == journal.VERSION
+
+    # Resuming the finished pipeline runs nothing and leaves the file as it was.
+    before = state.read_bytes()
+    count = len(compactions)
+    again = await wide(STEPS, tmp_path).run(max_concurrency=256)
+    assert states(again) == states(first)
+    assert all(step.resumed for step in again.steps.values())
+    assert [run.run_id for step in again.steps.values() for run in step.runs] == [
+        run.run_id for step in first.steps.values() for run in step.runs
+    ]
+    assert again.steps["s7"].runs[0].result == first.steps["s7"].runs[0].result
+    assert state.read_bytes() == before and len(compactions) == count
+
+
+async def test_an_interrupted_large_pipeline_resumes(
+    tmp_path: Path, compactions: list[int]
+) -> None:
+    """Cancelled after compactions mid-run, resumed: what finished stays finished."""
+    pipeline = wide(600, tmp_path, duration=0.05)
+    with anyio.move_on_after(60):
+        async with anyio.create_task_group() as group:
+            group.start_soon(functools.partial(pipeline.run, max_concurrency=32))
+            while len(compactions) < 2:  # noqa: ASYNC110 (polls what the journal did)
+                await anyio.sleep(0.01)
+            group.cancel_scope.cancel()
+    assert len(compactions) >= 2
+    recorded = journal.read(tmp_path / "state.jsonl")
+    done = {name for name, step in recorded.steps.items() if step.state == "SUCCEEDED"}
+    assert done and len(done) < 601
+    result = await wide(600, tmp_path, duration=0.05).run(max_concurrency=64)
+    assert result.success
+    assert {name for name, step in result.steps.items() if step.resumed} == done
+    replay = journal.read(tmp_path / "state.jsonl")
+    assert {step.state for step in replay.steps.values()} == {"SUCCEEDED"}
+
+
+def _version_1(replay: journal.Replay, name: str) -> str:
+    """The lines version 1 of the state file held for ``replay`` (events only)."""
+    lines: list[dict[str, Any]] = [
+        {"e": "pipeline", "version": 1, "name": name, "time": replay.created}
+    ]
+    for step_name, step in replay.steps.items():
+        assert isinstance(step, StepRecord)
+        lines.append(
+            {"e": "step", "step": step_name, "digest": step.digest, "state": "RUNNING"}
+            | {"time": step.started}
+        )
+        for index, member in sorted(step.members.items()):
+            event: dict[str, Any] = {"e": "member", "step": step_name, "member": index}
+            event |= {"run_id": member.run_id, "handle": member.handle, "result": member.result}
+            lines.append(event)
+        for stage, info in step.stages.items():
+            lines.append({"e": "stage", "step": step_name, "stage": stage, **info})
+        lines.append(
+            {"e": "step", "step": step_name, "digest": step.digest, "state": step.state}
+            | {"reason": step.reason, "time": step.ended}
+        )
+    return "".join(json.dumps(line) + "\n" for line in lines)
+
+
+async def test_a_version_1_state_file_resumes_and_becomes_version_2(tmp_path: Path) -> None:
+    first = await wide(50, tmp_path).run()
+    state = tmp_path / "state.jsonl"
+    replay = journal.read(state)
+    state.write_text(_version_1(replay, "wide"))
+    assert journal.read(state) == replay  # read as it is
+    again = await wide(50, tmp_path).run()
+    assert all(step.resumed for step in again.steps.values())
+    assert states(again) == states(first)
+    header = json.loads(state.read_text().splitlines()[0])
+    assert header["version"] == journal.VERSION  # compacted on opening
+    assert journal.read(state) == replay
