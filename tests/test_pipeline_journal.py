@@ -404,9 +404,11 @@ async def test_resuming_does_not_grow_the_file(tmp_path: Path) -> None:
         assert state.stat().st_size == size
     assert journal.read(state) == first
     events = lines(state)
-    # the header, then one snapshot line per step, holding each of its runs once
-    assert [event["e"] for event in events] == ["pipeline", "snapshot", "snapshot"]
-    assert [len(event["members"]) for event in events[1:]] == [3, 1]
+    # the header, then per step a snapshot line and its runs' handles, each run once
+    kinds = [event["e"] for event in events]
+    assert kinds == ["pipeline", "snapshot", "handles", "snapshot", "handles"]
+    assert [len(event["members"]) for event in events[1::2]] == [3, 1]
+    assert [len(event["handles"]) for event in events[2::2]] == [3, 1]
 
 
 async def test_a_cancelled_run_is_compacted_too(tmp_path: Path) -> None:
@@ -416,7 +418,7 @@ async def test_a_cancelled_run_is_compacted_too(tmp_path: Path) -> None:
         await pipeline.run()
     replay = journal.read(state)
     assert replay.steps["a"].state == "CANCELLED"
-    assert [event["e"] for event in lines(state)] == ["pipeline", "snapshot"]
+    assert [event["e"] for event in lines(state)] == ["pipeline", "snapshot", "handles"]
 
 
 # -- the file's mode ----------------------------------------------------------------------------
@@ -455,3 +457,44 @@ def test_an_unwritable_state_path_is_a_config_error(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(ConfigError, match="Cannot open pipeline state file"):
         Journal(blocker / "state.jsonl", "p").open()
+
+
+# -- handles read when asked for ---------------------------------------------------------------
+
+
+async def test_handles_are_read_when_asked_for(tmp_path: Path) -> None:
+    state = tmp_path / "state.jsonl"
+    await Pipeline([Step("a", JOB, over={"i": [1, 2]})], backend=QUICK, state=state).run()
+    replay = journal.read(state)
+    members = replay.steps["a"].members
+    assert all(member._unread is not None for member in members.values())
+    assert members[1].handle is not None and members[1].handle["run_id"] == members[1].run_id
+    assert all(member._unread is None for member in members.values())  # one read for all
+
+
+async def test_a_corrupt_handles_line_is_a_clear_error_when_read(tmp_path: Path) -> None:
+    state = tmp_path / "state.jsonl"
+    await Pipeline([Step("a", JOB)], name="p", backend=QUICK, state=state).run()
+    text = state.read_text().splitlines()
+    assert text[2].startswith('{"e":"handles","step":"a",')
+    state.write_text("\n".join([*text[:2], '{"e":"handles","step":"a",garbage}', ""]))
+    member = journal.read(state).steps["a"].members[0]
+    with pytest.raises(ConfigError) as info:
+        _ = member.handle
+    assert str(info.value) == (
+        f"Pipeline state file '{state}' is corrupt (the handles of a step): "
+        "move it away to start afresh"
+    )
+
+
+def test_a_handles_line_of_another_step_is_read_as_an_event(tmp_path: Path) -> None:
+    path = tmp_path / "state.jsonl"
+    snapshot = {"e": "snapshot", "step": "a", "digest": "d", "state": "SUCCEEDED"}
+    snapshot["members"] = [{"member": 0, "run_id": "a-0"}]
+    handles = {"e": "handles", "step": "b", "handles": [[0, {"run_id": "b-0"}]]}
+    path.write_text(
+        "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in (HEADER, snapshot, handles))
+    )
+    replay = journal.read(path)
+    assert replay.steps["a"].members[0].handle is None
+    assert replay.steps["b"].members[0].handle == {"run_id": "b-0"}

@@ -79,9 +79,9 @@ async def test_a_large_pipeline_keeps_its_state_file_bounded(
     per_step = final / (STEPS + 1)
     small_per_step = (small / "state.jsonl").stat().st_size / (STEPS // 10 + 1)
     assert 0.8 < per_step / small_per_step < 1.2
-    # The header and one snapshot line per step, each replaying to the report.
+    # The header, and per step its snapshot line and its runs' handles.
     events = [json.loads(raw) for raw in state.read_bytes().splitlines()]
-    assert [e["e"] for e in events] == ["pipeline"] + ["snapshot"] * (STEPS + 1)
+    assert [e["e"] for e in events] == ["pipeline"] + ["snapshot", "handles"] * (STEPS + 1)
     assert events[0]["version"] == journal.VERSION
 
     # Resuming the finished pipeline runs nothing and leaves the file as it was.

@@ -1,28 +1,109 @@
 """The state a pipeline's journal records: steps, runs, and how each line folds in.
 
-:func:`apply` folds one journal line into a :class:`Replay`; :func:`snapshot` is the
-one line that replays to a step's whole record (what compaction writes). A line is
+:func:`apply` folds one journal line into a :class:`Replay`; :func:`snapshot` gives
+the lines that replay to a step's whole record (what compaction writes). A line is
 input, not authority: a malformed one raises TypeError, ValueError or KeyError, and
 the reader turns that into a "corrupt at line N" error.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
 
-@dataclass
+
 class MemberRecord:
-    """What the journal knows of one run of a step."""
+    """What the journal knows of one run of a step.
 
-    run_id: str | None = None
-    #: The saved handle record, once submit returned.
-    handle: dict[str, Any] | None = None
-    #: The RunResult JSON, once the run ended.
-    result: dict[str, Any] | None = None
-    #: A retried run's attempts so far (number, run id, state, reason of each).
-    attempts: list[dict[str, Any]] = field(default_factory=list)
+    ``handle`` may still be unread: a snapshot keeps a step's handle records on a
+    line of their own, parsed only when one is asked for (a finished run's handle
+    is seldom needed, and the handles are most of the file).
+    """
+
+    __slots__ = ("_handle", "_unread", "attempts", "result", "run_id")
+
+    def __init__(
+        self,
+        run_id: str | None = None,
+        handle: dict[str, Any] | None = None,
+        result: dict[str, Any] | None = None,
+        attempts: list[dict[str, Any]] | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self._handle = handle
+        self._unread: UnreadHandles | None = None
+        #: The RunResult JSON, once the run ended.
+        self.result = result
+        #: A retried run's attempts so far (number, run id, state, reason of each).
+        self.attempts: list[dict[str, Any]] = [] if attempts is None else attempts
+
+    @property
+    def handle(self) -> dict[str, Any] | None:
+        """The saved handle record, once submit returned."""
+        if self._unread is not None:
+            self._unread.read()
+        return self._handle
+
+    @handle.setter
+    def handle(self, value: dict[str, Any] | None) -> None:
+        self._unread, self._handle = None, value
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.run_id, self.handle, self.result, self.attempts)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MemberRecord):
+            return NotImplemented
+        return self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"MemberRecord(run_id={self.run_id!r}, handle={self.handle!r}, "
+            f"result={self.result!r}, attempts={self.attempts!r})"
+        )
+
+
+class UnreadHandles:
+    """A step's ``handles`` line, kept as bytes until a member's handle is asked for."""
+
+    def __init__(self, line: bytes, members: dict[int, MemberRecord], path: Path) -> None:
+        self.line = line
+        self.members = members
+        self.path = path
+        for member in members.values():
+            member._unread = self
+
+    def read(self) -> None:
+        """Parse the line into the members that still wait for it."""
+        waiting = {i: m for i, m in self.members.items() if m._unread is self}
+        for member in waiting.values():
+            member._unread = None
+        try:
+            pairs = _handles(json.loads(self.line))
+        except (TypeError, ValueError, AttributeError):
+            raise ConfigError(
+                f"Pipeline state file '{self.path}' is corrupt (the handles of a step): "
+                "move it away to start afresh"
+            ) from None
+        for index, handle in pairs:
+            if index in waiting:
+                waiting[index]._handle = handle
+
+
+def _handles(event: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+    """The (member, handle record) pairs of a ``handles`` line."""
+    pairs = []
+    for index, handle in event.get("handles") or ():
+        if not isinstance(handle, dict):
+            raise TypeError("a handle record is an object")
+        pairs.append((int(index), handle))
+    return pairs
 
 
 @dataclass
@@ -72,6 +153,11 @@ def apply(replay: Replay, event: dict[str, Any]) -> None:
     if kind == "snapshot":
         replay.steps[name] = _from_snapshot(event)
         return
+    if kind == "handles":
+        record = replay.steps.setdefault(name, StepRecord())
+        for index, handle in _handles(event):
+            record.members.setdefault(index, MemberRecord()).handle = handle
+        return
     step = replay.steps.setdefault(name, StepRecord())
     if kind == "step":
         digest = str(event.get("digest", ""))
@@ -113,8 +199,9 @@ def apply(replay: Replay, event: dict[str, Any]) -> None:
         )
 
 
-def snapshot(step: StepRecord, name: str) -> dict[str, Any]:
-    """The one line that replays to ``step`` (what compaction writes)."""
+def snapshot(step: StepRecord, name: str) -> list[dict[str, Any]]:
+    """The lines that replay to ``step`` (what compaction writes): the ``snapshot``
+    line, and a ``handles`` line when its runs have handles (read only when needed)."""
     event: dict[str, Any] = {"e": "snapshot", "step": name, "digest": step.digest}
     event["state"] = step.state
     for key, value in (("reason", step.reason), ("started", step.started), ("ended", step.ended)):
@@ -122,23 +209,31 @@ def snapshot(step: StepRecord, name: str) -> dict[str, Any]:
             event[key] = value
     if step.stages:
         event["stages"] = step.stages
+    handles: list[list[Any]] = []
     if step.members:
         members = []
         for index, member in sorted(step.members.items()):
             item: dict[str, Any] = {"member": index}
             if member.run_id is not None:
                 item["run_id"] = member.run_id
-            if member.handle is not None:
-                item["handle"] = member.handle
             if member.result is not None:
                 item["result"] = member.result
             if member.attempts:
                 item["attempts"] = member.attempts
             members.append(item)
+            if member.handle is not None:
+                handles.append([index, member.handle])
         event["members"] = members
     if step.posts:
         event["posts"] = [[index, report] for index, report in sorted(step.posts.items())]
-    return event
+    if not handles:
+        return [event]
+    return [event, {"e": "handles", "step": name, "handles": handles}]
+
+
+def handles_prefix(name: str) -> bytes:
+    """How the ``handles`` line of step ``name`` starts, as compaction writes it."""
+    return b'{"e":"handles","step":' + json.dumps(name).encode() + b","
 
 
 def _from_snapshot(event: dict[str, Any]) -> StepRecord:

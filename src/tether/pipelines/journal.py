@@ -8,7 +8,8 @@ run whose submitter died before its handle was recorded. Replaying the lines giv
 each step's state.
 
 The file stays O(steps), not O(transitions): it is *compacted*, rewritten as the
-header and one ``snapshot`` line per step (temp file, ``fsync``, rename), when the
+header and a ``snapshot`` line per step, with its runs' handle records on a second
+line that is parsed only when one is needed (temp file, ``fsync``, rename), when the
 lines appended since the last snapshot outgrow it (:data:`COMPACT_RATIO`), when a
 pipeline opens a file an interrupted run left a tail on, and at the end of a run
 that changed anything. A step's snapshot line is kept in memory while the step does
@@ -35,7 +36,15 @@ from typing import Any
 
 from .._files import make_private_dir
 from ..errors import ConfigError
-from ._records import MemberRecord, Replay, StepRecord, apply, snapshot
+from ._records import (
+    MemberRecord,
+    Replay,
+    StepRecord,
+    UnreadHandles,
+    apply,
+    handles_prefix,
+    snapshot,
+)
 
 #: The version this tether writes; it reads every version in :data:`READABLE`.
 VERSION = 2
@@ -109,23 +118,35 @@ def _replay_bytes(
     """
     good = 0
     tail = 0
+    last: str | None = None  # the step of the snapshot line just before
     chunks = data.split(b"\n")
     for number, line in enumerate(chunks[:-1], start=1):
+        size = len(line) + 1
+        if last is not None and line.startswith(handles_prefix(last)):
+            # The handles of the snapshot before: read only if one is asked for.
+            UnreadHandles(line, replay.steps[last].members, path)
+            if lines is not None:
+                lines[last] += line + b"\n"
+            good += size
+            last = None
+            continue
+        last = None
         try:
             event = json.loads(line)
         except ValueError:
             event = None
         if number == 1:
             _check_header(event, path)
-        size = len(line) + 1
         try:
             if not isinstance(event, dict):
                 raise TypeError("not an object")
             apply(replay, event)
             kind, step = event.get("e"), event.get("step")
             if kind == "snapshot" and not tail:
-                if lines is not None and isinstance(step, str):
-                    lines[step] = line + b"\n"
+                if isinstance(step, str):
+                    last = step
+                    if lines is not None:
+                        lines[step] = line + b"\n"
             elif kind != "pipeline" or tail:
                 tail += size
                 if lines is not None and isinstance(step, str):
@@ -250,7 +271,8 @@ class Journal:
         for name, step in self.replay.steps.items():
             line = lines.get(name)
             if line is None:
-                lines[name] = line = _line(snapshot(step, name)).encode()
+                line = b"".join(_line(event).encode() for event in snapshot(step, name))
+                lines[name] = line
             parts.append(line)
         text = b"".join(parts)
         # The new file is locked before it replaces the old one: there is no moment
