@@ -67,6 +67,8 @@ class Report:
     shapes: list[str]
     scratch: str
     machine: dict[str, float] = field(default_factory=dict)
+    #: Seconds for sum(range(10**7)): how fast this CPU runs Python, right now.
+    python_s: float = 0.0
     #: "<case> <size>" → ms per step of each repeat (wall time / N)
     ms_per_step: dict[str, list[float]] = field(default_factory=dict)
     median_ms: dict[str, float] = field(default_factory=dict)
@@ -83,6 +85,16 @@ class Report:
     load_after: list[float] = field(default_factory=list)
     missed_bars: list[str] = field(default_factory=list)
     passed: bool = False
+
+
+def python_speed() -> float:
+    """Seconds this interpreter takes for ``sum(range(10**7))`` (best of 3)."""
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        sum(range(10**7))
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 # -- the cases ----------------------------------------------------------------------------------
@@ -372,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         scratch=str(args.scratch),
     )
     report.machine = print_machine(args.scratch)
+    report.python_s = python_speed()
+    print(f"python: sum(range(10**7)) in {report.python_s:.3f} s (a reference for the CPU)")
     print(
         f"pipeline scale: {args.small:,} vs {args.large:,} zero-work dummy steps "
         f"({', '.join(args.shapes)}; direct as baseline), {args.repeats} repeats",

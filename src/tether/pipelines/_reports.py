@@ -8,12 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..result import RunResult
-from .journal import MemberRecord, StepRecord
-from .report import (
-    MemberReport,
-    Origin,
-    StageReport,
-)
+from .journal import StepRecord
 from .step import Step
 
 
@@ -31,30 +26,6 @@ def all_succeeded(record: StepRecord, count: int) -> bool:
         if member is None or member.result is None or member.result.get("state") != "SUCCEEDED":
             return False
     return True
-
-
-def stage_report(info: dict[str, Any]) -> StageReport:
-    """A stage's report from its journal record."""
-    message = info.get("message")
-    return StageReport(
-        state=str(info.get("state") or "PENDING"),
-        started_at=when(info.get("started")),
-        ended_at=when(info.get("time")) if info.get("state") != "RUNNING" else None,
-        message=None if message is None else str(message),
-    )
-
-
-def member_report(index: int, member: MemberRecord, step: Step, origin: Origin) -> MemberReport:
-    """A run's report from its journal record."""
-    result = recorded_result(member.result) if member.result else None
-    return MemberReport(
-        index=index,
-        run_id=member.run_id or (result.run_id if result else None),
-        state=result.state if result else None,
-        params=json_params(step, index),
-        origin=origin,
-        result=result,
-    )
 
 
 def recorded_result(data: dict[str, Any]) -> RunResult:
