@@ -7,15 +7,16 @@ before action: a run's id before it is submitted, so a resumed pipeline can find
 run whose submitter died before its handle was recorded. Replaying the lines gives
 each step's state.
 
-The file stays O(steps), not O(transitions): it is *compacted*, rewritten as the
-header and a ``snapshot`` line per step, with its runs' handle records on a second
-line that is parsed only when one is needed (temp file, ``fsync``, rename), when the
-lines appended since the last snapshot outgrow it (:data:`COMPACT_RATIO`), when a
-pipeline opens a file an interrupted run left a tail on, and at the end of a run
-that changed anything. A step's snapshot line is kept in memory while the step does
-not change, so a compaction re-encodes only the steps that moved. Appends are not
-``fsync``ed (the file survives the process dying, not the machine losing power);
-a compaction is, so it never leaves a file emptier than the one it replaced.
+The file stays O(steps), not O(transitions): it is *compacted*, rewritten (temp file,
+``fsync``, rename) as the header and a ``snapshot`` line per step, its runs' handle
+records on a second line parsed only when one is needed. That happens at the end of
+a run that changed anything, on opening a file an interrupted run left lines in,
+and mid-run once the lines beyond a normal run's budget per step and run (retry
+attempts, resubmissions, restarts) outweigh the snapshot (:data:`COMPACT_RATIO`).
+A step's snapshot line is kept in memory while the step does not change, so a
+compaction re-encodes only the steps that moved. Appends are not ``fsync``ed (the
+file survives the process dying, not the machine losing power); a compaction is,
+so it never leaves a file emptier than the one it replaced.
 
 Version 2 files (snapshot lines) are written; version 1 files (events only) are
 read, and become version 2 at their first compaction.
@@ -49,16 +50,22 @@ from ._records import (
 #: The version this tether writes; it reads every version in :data:`READABLE`.
 VERSION = 2
 READABLE = (1, 2)
-#: Compact once the lines appended since the snapshot are this many times its size…
+#: Compact once the superseded lines appended since the snapshot are this many times
+#: its size…
 COMPACT_RATIO = 2
-#: … and at least this many bytes (small pipelines are compacted at their end only).
+#: … and at least this many bytes.
 COMPACT_FLOOR = 1 << 20
+#: Lines a step may add between snapshots before more count as superseded: a few for
+#: the step and its stages, and per run and postprocessor report.
+STEP_LINES, MEMBER_LINES = 12, 4
 
 
 __all__ = [
     "COMPACT_FLOOR",
     "COMPACT_RATIO",
+    "MEMBER_LINES",
     "READABLE",
+    "STEP_LINES",
     "VERSION",
     "Journal",
     "MemberRecord",
@@ -179,6 +186,10 @@ class Journal:
         self._lines: dict[str, bytes] = {}
         self._snapshot = 0
         self._tail = 0
+        #: Lines each step added since the last snapshot, and the bytes of those over
+        #: its budget: what a compaction would drop (attempts, resubmissions, restarts).
+        self._step_lines: dict[str, int] = {}
+        self._excess = 0
 
     def open(self) -> Replay:
         """Lock the file, replay it, drop a torn tail, and start appending.
@@ -248,8 +259,17 @@ class Journal:
         data = _line(event).encode()
         _write_all(self._fd, data)
         self._tail += len(data)
-        if self._tail > max(COMPACT_RATIO * self._snapshot, COMPACT_FLOOR):
-            self.compact()
+        if isinstance(step, str):
+            # A normal run adds a bounded number of lines per step and run, so its log
+            # is O(steps) without compacting mid-run (which would encode steps still
+            # going again and again); only lines beyond that budget call for it.
+            count = self._step_lines[step] = self._step_lines.get(step, 0) + 1
+            record = self.replay.steps.get(step)
+            runs = 0 if record is None else len(record.members) + len(record.posts)
+            if count > STEP_LINES + MEMBER_LINES * runs:
+                self._excess += len(data)
+                if self._excess > max(COMPACT_RATIO * self._snapshot, COMPACT_FLOOR):
+                    self.compact()
 
     @property
     def dirty(self) -> bool:
@@ -294,6 +314,8 @@ class Journal:
         os.close(self._fd)
         self._fd = fd  # at the end of the file, where appends go
         self._snapshot, self._tail = len(text), 0
+        self._step_lines.clear()
+        self._excess = 0
         self.compactions += 1
 
     def close(self) -> None:
