@@ -77,6 +77,7 @@ def bench(session: nox.Session) -> None:
         ["bench/cache_bench.py"],
         ["bench/inline_bench.py"],
         ["bench/pipeline_bench.py"],
+        ["bench/pipeline_scale.py"],
         ["bench/slurm_bench.py"],
         ["bench/dask_bench.py"],
         ["bench/startup_bench.py"],

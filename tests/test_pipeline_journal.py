@@ -216,11 +216,11 @@ async def test_a_corrupt_state_file_stops_the_pipeline(tmp_path: Path) -> None:
     "content",
     [
         '{"e": "step", "step": "a"}\n',
-        '{"e": "pipeline", "version": 99, "name": "p"}\n',
+        '{"e": "pipeline", "version": 0, "name": "p"}\n',
         '{"type": "local", "timeout": 60}\n{"type": "dummy"}\n',
         "first line\nsecond line\n",
     ],
-    ids=["no-header", "other-version", "json-lines", "text"],
+    ids=["no-header", "unknown-version", "json-lines", "text"],
 )
 def test_a_file_that_is_not_a_journal_is_refused(tmp_path: Path, content: str) -> None:
     path = tmp_path / "notes.txt"
@@ -232,6 +232,19 @@ def test_a_file_that_is_not_a_journal_is_refused(tmp_path: Path, content: str) -
     )
     assert "\n" not in str(info.value)
     assert path.read_text() == content  # never touched
+
+
+def test_a_newer_version_says_to_upgrade(tmp_path: Path) -> None:
+    path = tmp_path / "state.jsonl"
+    content = '{"e": "pipeline", "version": 99, "name": "p"}\n'
+    path.write_text(content)
+    with pytest.raises(ConfigError) as info:
+        Journal(path, "p").open()
+    assert str(info.value) == (
+        f"Pipeline state file '{path}' has version 99, newer than this tether reads "
+        f"(up to {journal.VERSION}): upgrade tether, or give another --state path"
+    )
+    assert path.read_text() == content
 
 
 @pytest.mark.parametrize(
@@ -390,9 +403,12 @@ async def test_resuming_does_not_grow_the_file(tmp_path: Path) -> None:
         await pipeline.run()
         assert state.stat().st_size == size
     assert journal.read(state) == first
-    kinds = [event["e"] for event in lines(state)]
-    assert kinds.count("pipeline") == 1
-    assert kinds.count("member") == 4  # one line per run, whatever it went through
+    events = lines(state)
+    # the header, then per step a snapshot line and its runs' handles, each run once
+    kinds = [event["e"] for event in events]
+    assert kinds == ["pipeline", "snapshot", "handles", "snapshot", "handles"]
+    assert [len(event["members"]) for event in events[1::2]] == [3, 1]
+    assert [len(event["handles"]) for event in events[2::2]] == [3, 1]
 
 
 async def test_a_cancelled_run_is_compacted_too(tmp_path: Path) -> None:
@@ -402,7 +418,7 @@ async def test_a_cancelled_run_is_compacted_too(tmp_path: Path) -> None:
         await pipeline.run()
     replay = journal.read(state)
     assert replay.steps["a"].state == "CANCELLED"
-    assert [event["e"] for event in lines(state)].count("step") == 2
+    assert [event["e"] for event in lines(state)] == ["pipeline", "snapshot", "handles"]
 
 
 # -- the file's mode ----------------------------------------------------------------------------
@@ -418,7 +434,7 @@ async def test_the_state_file_is_private(tmp_path: Path) -> None:
     assert stat.S_IMODE(state.stat().st_mode) == 0o600
     state.chmod(0o644)
     await Pipeline([Step("a", JOB)], backend=QUICK, state=state).run()
-    assert stat.S_IMODE(state.stat().st_mode) == 0o600  # compaction rewrote it
+    assert stat.S_IMODE(state.stat().st_mode) == 0o600  # the next run made it private
 
 
 def test_a_new_journal_is_private_before_compaction(tmp_path: Path) -> None:
@@ -441,3 +457,44 @@ def test_an_unwritable_state_path_is_a_config_error(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(ConfigError, match="Cannot open pipeline state file"):
         Journal(blocker / "state.jsonl", "p").open()
+
+
+# -- handles read when asked for ---------------------------------------------------------------
+
+
+async def test_handles_are_read_when_asked_for(tmp_path: Path) -> None:
+    state = tmp_path / "state.jsonl"
+    await Pipeline([Step("a", JOB, over={"i": [1, 2]})], backend=QUICK, state=state).run()
+    replay = journal.read(state)
+    members = replay.steps["a"].members
+    assert all(member._unread is not None for member in members.values())
+    assert members[1].handle is not None and members[1].handle["run_id"] == members[1].run_id
+    assert all(member._unread is None for member in members.values())  # one read for all
+
+
+async def test_a_corrupt_handles_line_is_a_clear_error_when_read(tmp_path: Path) -> None:
+    state = tmp_path / "state.jsonl"
+    await Pipeline([Step("a", JOB)], name="p", backend=QUICK, state=state).run()
+    text = state.read_text().splitlines()
+    assert text[2].startswith('{"e":"handles","step":"a",')
+    state.write_text("\n".join([*text[:2], '{"e":"handles","step":"a",garbage}', ""]))
+    member = journal.read(state).steps["a"].members[0]
+    with pytest.raises(ConfigError) as info:
+        _ = member.handle
+    assert str(info.value) == (
+        f"Pipeline state file '{state}' is corrupt (the handles of a step): "
+        "move it away to start afresh"
+    )
+
+
+def test_a_handles_line_of_another_step_is_read_as_an_event(tmp_path: Path) -> None:
+    path = tmp_path / "state.jsonl"
+    snapshot = {"e": "snapshot", "step": "a", "digest": "d", "state": "SUCCEEDED"}
+    snapshot["members"] = [{"member": 0, "run_id": "a-0"}]
+    handles = {"e": "handles", "step": "b", "handles": [[0, {"run_id": "b-0"}]]}
+    path.write_text(
+        "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in (HEADER, snapshot, handles))
+    )
+    replay = journal.read(path)
+    assert replay.steps["a"].members[0].handle is None
+    assert replay.steps["b"].members[0].handle == {"run_id": "b-0"}

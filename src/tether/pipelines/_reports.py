@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from ..result import RunResult
-from .journal import MemberRecord, StepRecord
-from .report import (
-    MemberReport,
-    Origin,
-    StageReport,
-)
+from .journal import StepRecord
 from .step import Step
 
 
@@ -32,25 +28,18 @@ def all_succeeded(record: StepRecord, count: int) -> bool:
     return True
 
 
-def stage_report(info: dict[str, Any]) -> StageReport:
-    return StageReport(
-        state=str(info.get("state") or "PENDING"),
-        started_at=when(info.get("started")),
-        ended_at=when(info.get("time")) if info.get("state") != "RUNNING" else None,
-        message=info.get("message"),
-    )
-
-
-def member_report(index: int, member: MemberRecord, step: Step, origin: Origin) -> MemberReport:
-    result = RunResult.model_validate(member.result) if member.result else None
-    return MemberReport(
-        index=index,
-        run_id=member.run_id or (result.run_id if result else None),
-        state=result.state if result else None,
-        params=json_params(step, index),
-        origin=origin,
-        result=result,
-    )
+def recorded_result(data: dict[str, Any]) -> RunResult:
+    """A journaled RunResult, validated; the log paths inside its run folder are built
+    from the folder's path, which is cheaper than validating each (resuming a large
+    pipeline builds one per run)."""
+    run_dir = data.get("run_dir")
+    if isinstance(run_dir, str) and run_dir:
+        folder = Path(run_dir)
+        data = {**data, "run_dir": folder}
+        for key in ("stdout", "stderr"):
+            if data.get(key) == f"{run_dir}/{key}":
+                data[key] = folder / key
+    return RunResult.model_validate(data)
 
 
 def json_params(step: Step, index: int) -> dict[str, Any] | None:

@@ -1,12 +1,25 @@
-"""The pipeline state file: an append-only journal of every transition.
+"""The pipeline state file: a snapshot, then an append-only journal of transitions.
 
 Each transition is one JSON line appended with a single ``write`` before the runner
 goes on, so a crash (even SIGKILL) loses nothing that happened before it; a torn
 last line is ignored on reading and cut off before appending. Intent is written
 before action: a run's id before it is submitted, so a resumed pipeline can find a
 run whose submitter died before its handle was recorded. Replaying the lines gives
-each step's state; at the end of a run the file is rewritten as a compact snapshot
-(temp file and rename), so it does not grow with every resume.
+each step's state.
+
+The file stays O(steps), not O(transitions): it is *compacted*, rewritten (temp file,
+``fsync``, rename) as the header and a ``snapshot`` line per step, its runs' handle
+records on a second line parsed only when one is needed. That happens at the end of
+a run that changed anything, on opening a file an interrupted run left lines in,
+and mid-run once the lines beyond a normal run's budget per step and run (retry
+attempts, resubmissions, restarts) outweigh the snapshot (:data:`COMPACT_RATIO`).
+A step's snapshot line is kept in memory while the step does not change, so a
+compaction re-encodes only the steps that moved. Appends are not ``fsync``ed (the
+file survives the process dying, not the machine losing power); a compaction is,
+so it never leaves a file emptier than the one it replaced.
+
+Version 2 files (snapshot lines) are written; version 1 files (events only) are
+read, and become version 2 at their first compaction.
 
 One pipeline process owns a state file at a time (an exclusive ``flock``).
 """
@@ -19,109 +32,49 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .._files import make_private_dir
 from ..errors import ConfigError
+from ._records import (
+    MemberRecord,
+    Replay,
+    StepRecord,
+    UnreadHandles,
+    apply,
+    handles_prefix,
+    snapshot,
+)
 
-VERSION = 1
-
-
-@dataclass
-class MemberRecord:
-    """What the journal knows of one run of a step."""
-
-    run_id: str | None = None
-    #: The saved handle record, once submit returned.
-    handle: dict[str, Any] | None = None
-    #: The RunResult JSON, once the run ended.
-    result: dict[str, Any] | None = None
-    #: A retried run's attempts so far (number, run id, state, reason of each).
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class StepRecord:
-    """What the journal knows of one step."""
-
-    digest: str = ""
-    state: str = "PENDING"
-    reason: str | None = None
-    started: float | None = None
-    ended: float | None = None
-    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
-    members: dict[int, MemberRecord] = field(default_factory=dict)
-    #: Postprocessor reports by the index of the run they are about.
-    posts: dict[int, dict[str, Any]] = field(default_factory=dict)
-
-    @property
-    def postprocess(self) -> list[dict[str, Any]]:
-        """The postprocessor reports in run order."""
-        return [self.posts[index] for index in sorted(self.posts)]
+#: The version this tether writes; it reads every version in :data:`READABLE`.
+VERSION = 2
+READABLE = (1, 2)
+#: Compact once the superseded lines appended since the snapshot are this many times
+#: its size…
+COMPACT_RATIO = 2
+#: … and at least this many bytes.
+COMPACT_FLOOR = 1 << 20
+#: Lines a step may add between snapshots before more count as superseded: a few for
+#: the step and its stages, and per run and postprocessor report.
+STEP_LINES, MEMBER_LINES = 12, 4
 
 
-@dataclass
-class Replay:
-    """The state a journal's lines add up to."""
-
-    name: str | None = None
-    created: float | None = None
-    steps: dict[str, StepRecord] = field(default_factory=dict)
-    #: Whether the last line was torn (cut off by a crash mid-write).
-    torn: bool = False
-
-
-def apply(replay: Replay, event: dict[str, Any]) -> None:
-    """Fold one journal line into ``replay``."""
-    kind = event.get("e")
-    if kind == "pipeline":
-        replay.name = event.get("name")
-        replay.created = replay.created or event.get("time")
-        return
-    name = event.get("step")
-    if not isinstance(name, str):
-        return
-    step = replay.steps.setdefault(name, StepRecord())
-    if kind == "step":
-        digest = str(event.get("digest", ""))
-        if (digest and digest != step.digest) or event.get("fresh"):
-            # A new definition: what the old one recorded no longer stands.
-            replay.steps[name] = step = StepRecord(digest=digest)
-        step.state = str(event.get("state", step.state))
-        step.reason = event.get("reason")
-        if step.state == "RUNNING":
-            step.started, step.ended = event.get("time"), None
-            step.posts = {}
-        elif step.state != "PENDING":
-            step.ended = event.get("time")
-    elif kind == "stage":
-        step.stages[str(event.get("stage"))] = {
-            k: event.get(k) for k in ("state", "time", "started", "message")
-        }
-    elif kind == "member":
-        index = int(event.get("member", 0))
-        if event.get("reset"):
-            step.members.pop(index, None)
-            return
-        member = step.members.setdefault(index, MemberRecord())
-        if "run_id" in event:  # a new submission replaces what an earlier one left
-            member.run_id, member.handle, member.result = event["run_id"], None, None
-            member.attempts = []
-        if "handle" in event:
-            member.handle = event["handle"]
-            # The backend's own id (one without ``find`` names its runs itself).
-            member.run_id = str(event["handle"].get("run_id", member.run_id))
-        if "result" in event:
-            member.result = event["result"]
-        if isinstance(event.get("attempts"), list):
-            member.attempts = event["attempts"]
-    elif kind == "post":
-        about = event.get("member")
-        step.posts[about if isinstance(about, int) else len(step.posts)] = dict(
-            event.get("report") or {}
-        )
+__all__ = [
+    "COMPACT_FLOOR",
+    "COMPACT_RATIO",
+    "MEMBER_LINES",
+    "READABLE",
+    "STEP_LINES",
+    "VERSION",
+    "Journal",
+    "MemberRecord",
+    "Replay",
+    "StepRecord",
+    "apply",
+    "read",
+    "snapshot",
+]
 
 
 def read(path: Path) -> Replay:
@@ -147,36 +100,75 @@ def _not_a_journal(path: Path) -> ConfigError:
     )
 
 
-def _replay_bytes(replay: Replay, data: bytes, path: Path) -> int:
+def _check_header(event: Any, path: Path) -> None:
+    if not isinstance(event, dict) or event.get("e") != "pipeline":
+        raise _not_a_journal(path)
+    version = event.get("version")
+    if version in READABLE and not isinstance(version, bool):
+        return
+    if isinstance(version, int) and not isinstance(version, bool) and version > VERSION:
+        raise ConfigError(
+            f"Pipeline state file '{path}' has version {version}, newer than this tether "
+            f"reads (up to {VERSION}): upgrade tether, or give another --state path"
+        )
+    raise _not_a_journal(path)
+
+
+def _replay_bytes(
+    replay: Replay, data: bytes, path: Path, lines: dict[str, bytes] | None = None
+) -> int:
     """Apply every complete line; return the length of the good prefix.
 
     Only an unterminated last line counts as torn (one ``write`` never leaves a
-    newline-terminated fragment); a bad complete line is corruption.
+    newline-terminated fragment); a bad complete line is corruption. With ``lines``,
+    the snapshot lines of steps no later line changes are kept there, as they are.
     """
     good = 0
-    lines = data.split(b"\n")
-    for number, line in enumerate(lines[:-1], start=1):
+    tail = 0
+    last: str | None = None  # the step of the snapshot line just before
+    chunks = data.split(b"\n")
+    for number, line in enumerate(chunks[:-1], start=1):
+        size = len(line) + 1
+        if last is not None and line.startswith(handles_prefix(last)):
+            # The handles of the snapshot before: read only if one is asked for.
+            UnreadHandles(line, replay.steps[last].members, path)
+            if lines is not None:
+                lines[last] += line + b"\n"
+            good += size
+            last = None
+            continue
+        last = None
         try:
             event = json.loads(line)
         except ValueError:
             event = None
-        if number == 1 and (
-            not isinstance(event, dict)
-            or event.get("e") != "pipeline"
-            or event.get("version") != VERSION
-        ):
-            raise _not_a_journal(path)
-        if not isinstance(event, dict):
+        if number == 1:
+            _check_header(event, path)
+        try:
+            if not isinstance(event, dict):
+                raise TypeError("not an object")
+            apply(replay, event)
+            kind, step = event.get("e"), event.get("step")
+            if kind == "snapshot" and not tail:
+                if isinstance(step, str):
+                    last = step
+                    if lines is not None:
+                        lines[step] = line + b"\n"
+            elif kind != "pipeline" or tail:
+                tail += size
+                if lines is not None and isinstance(step, str):
+                    lines.pop(step, None)
+        except (TypeError, ValueError, KeyError, AttributeError):
             raise ConfigError(
                 f"Pipeline state file '{path}' is corrupt at line {number}: "
                 "move it away to start afresh"
-            )
-        apply(replay, event)
-        good += len(line) + 1
-    if lines[-1]:
-        if good == 0 and not _HEADER.startswith(lines[-1][: len(_HEADER)]):
+            ) from None
+        good += size
+    if chunks[-1]:
+        if good == 0 and not _HEADER.startswith(chunks[-1][: len(_HEADER)]):
             raise _not_a_journal(path)  # not even the start of a header: not ours
         replay.torn = True
+    replay.snapshot_bytes, replay.tail_bytes = good - tail, tail
     return good
 
 
@@ -187,10 +179,23 @@ class Journal:
         self.path = path
         self.name = name
         self.replay = Replay(name=name)
+        #: How many times this journal rewrote its file (for tests and benchmarks).
+        self.compactions = 0
         self._fd = -1
+        #: Step name → its snapshot line, while the step has not changed since.
+        self._lines: dict[str, bytes] = {}
+        self._snapshot = 0
+        self._tail = 0
+        #: Lines each step added since the last snapshot, and the bytes of those over
+        #: its budget: what a compaction would drop (attempts, resubmissions, restarts).
+        self._step_lines: dict[str, int] = {}
+        self._excess = 0
 
     def open(self) -> Replay:
-        """Lock the file, replay it, drop a torn tail, and start appending."""
+        """Lock the file, replay it, drop a torn tail, and start appending.
+
+        A file an interrupted run left events in is compacted at once.
+        """
         path = self.path
         try:
             make_private_dir(path.parent)  # the folders it makes are owner-only
@@ -209,11 +214,18 @@ class Journal:
                 "wait for it to end, or give another --state path"
             ) from None
         try:
-            data = b""
-            while chunk := os.pread(fd, 1 << 20, len(data)):
-                data += chunk
+            if os.fstat(fd).st_mode & 0o077:  # made readable by others since: private again
+                with contextlib.suppress(OSError):
+                    os.fchmod(fd, 0o600)
+            chunks = []
+            offset = 0
+            while chunk := os.pread(fd, 1 << 22, offset):
+                chunks.append(chunk)
+                offset += len(chunk)
+            data = b"".join(chunks)
             replay = Replay()
-            good = _replay_bytes(replay, data, path)
+            lines: dict[str, bytes] = {}
+            good = _replay_bytes(replay, data, path, lines)
             if replay.name is not None and replay.name != self.name:
                 raise ConfigError(
                     f"Pipeline state file '{path}' belongs to pipeline {replay.name!r}, not "
@@ -226,82 +238,85 @@ class Journal:
             raise
         self._fd = fd
         self.replay = replay
+        self._lines = lines
+        self._snapshot, self._tail = replay.snapshot_bytes, replay.tail_bytes
         if replay.name is None:
             self.append({"e": "pipeline", "version": VERSION, "name": self.name})
+            self._snapshot, self._tail = self._tail, 0
+        elif self._tail:
+            self.compact()
         return replay
 
     def append(self, event: dict[str, Any]) -> None:
-        """Record one transition, in one write, before going on."""
+        """Record one transition, in one write, before going on (compacting when due)."""
         event.setdefault("time", time.time())
         apply(self.replay, event)
+        step = event.get("step")
+        if step is not None:
+            self._lines.pop(step, None)
         if self._fd < 0:
             return
-        _write_all(self._fd, _line(event).encode())
+        data = _line(event).encode()
+        _write_all(self._fd, data)
+        self._tail += len(data)
+        if isinstance(step, str):
+            # A normal run adds a bounded number of lines per step and run, so its log
+            # is O(steps) without compacting mid-run (which would encode steps still
+            # going again and again); only lines beyond that budget call for it.
+            count = self._step_lines[step] = self._step_lines.get(step, 0) + 1
+            record = self.replay.steps.get(step)
+            runs = 0 if record is None else len(record.members) + len(record.posts)
+            if count > STEP_LINES + MEMBER_LINES * runs:
+                self._excess += len(data)
+                if self._excess > max(COMPACT_RATIO * self._snapshot, COMPACT_FLOOR):
+                    self.compact()
+
+    @property
+    def dirty(self) -> bool:
+        """Whether lines were appended since the file was last compact."""
+        return self._tail > 0
 
     def compact(self) -> None:
-        """Rewrite the file as the shortest journal with the same state (atomically)."""
+        """Rewrite the file as its header and one snapshot line per step (atomically)."""
         if self._fd < 0:
             return
-        lines = [
-            {
-                "e": "pipeline",
-                "version": VERSION,
-                "name": self.name,
-                "time": self.replay.created or time.time(),
-            }
-        ]
+        header = {
+            "e": "pipeline",
+            "version": VERSION,
+            "name": self.name,
+            "time": self.replay.created or time.time(),
+        }
+        parts = [_line(header).encode()]
+        lines = self._lines
         for name, step in self.replay.steps.items():
-            first = "RUNNING" if step.started is not None else "PENDING"
-            lines.append(
-                {
-                    "e": "step",
-                    "step": name,
-                    "digest": step.digest,
-                    "state": first,
-                    "time": step.started,
-                }
-            )
-            for index, member in sorted(step.members.items()):
-                event: dict[str, Any] = {"e": "member", "step": name, "member": index}
-                if member.run_id is not None:
-                    event["run_id"] = member.run_id
-                if member.handle is not None:
-                    event["handle"] = member.handle
-                if member.result is not None:
-                    event["result"] = member.result
-                if member.attempts:
-                    event["attempts"] = member.attempts
-                lines.append(event)
-            for stage, info in step.stages.items():
-                lines.append({"e": "stage", "step": name, "stage": stage, **info})
-            for index, report in sorted(step.posts.items()):
-                lines.append({"e": "post", "step": name, "member": index, "report": report})
-            lines.append(
-                {
-                    "e": "step",
-                    "step": name,
-                    "digest": step.digest,
-                    "state": step.state,
-                    "reason": step.reason,
-                    "time": step.ended or step.started,
-                }
-            )
-        text = "".join(_line(line) for line in lines).encode()
+            line = lines.get(name)
+            if line is None:
+                line = b"".join(_line(event).encode() for event in snapshot(step, name))
+                lines[name] = line
+            parts.append(line)
+        text = b"".join(parts)
         # The new file is locked before it replaces the old one: there is no moment
-        # when another pipeline could take it.
+        # when another pipeline could take it. It is on disk before the rename, so a
+        # machine that loses power keeps the old file or the whole new one.
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
         try:
             os.fchmod(fd, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             _write_all(fd, text)
+            os.fsync(fd)
             os.replace(tmp, self.path)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+        _sync_folder(self.path.parent)
         os.close(self._fd)
         self._fd = fd  # at the end of the file, where appends go
+        self._snapshot, self._tail = len(text), 0
+        self._step_lines.clear()
+        self._excess = 0
+        self.compactions += 1
 
     def close(self) -> None:
         """Release the lock."""
@@ -319,3 +334,13 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (best effort: not every filesystem allows it)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -293,11 +293,18 @@ class Step:
                 names += [ref.step for ref in refs_in((job.args, job.kwargs))]
         return tuple(dict.fromkeys(names))
 
-    def digest(self, backend_fields: dict[str, Any]) -> str:
-        """SHA-256 of the definition: members, backend settings, processor, wiring."""
+    def digest(self, backend_fields: dict[str, Any] | str) -> str:
+        """SHA-256 of the definition: members, backend settings, processor, wiring.
+
+        ``backend_fields`` may come encoded already (:func:`encode_fields`), so that
+        steps sharing a backend do not each encode its settings again; the digest is
+        the same either way.
+        """
+        fields = backend_fields
+        if not isinstance(fields, str):
+            fields = encode_fields(fields)
         definition = {
             "members": [_job_identity(job) for job in self.members()],
-            "backend": backend_fields,
             "cache": self.cache,
             "processor": None if self.processor is None else processor_name(self.processor),
             "process_kwargs": _canonical(self.process_kwargs),
@@ -305,13 +312,20 @@ class Step:
             "inputs_from": list(self.inputs_from),
             "ensemble": self._ensemble,
         }
-        text = json.dumps(definition, sort_keys=True, default=repr)
+        # What json.dumps({"backend": fields, **definition}, sort_keys=True) gives:
+        # "backend" sorts before every other key.
+        text = '{"backend": ' + fields + ", " + encode_fields(definition)[1:]
         return hashlib.sha256(text.encode()).hexdigest()
 
     def __repr__(self) -> str:
         what = "postprocess" if self.job is None else type(self.job).__name__
         count = f" x{len(self.members())}" if self.fanned_out else ""
         return f"Step({self.name!r}, {what}{count})"
+
+
+def encode_fields(value: Any) -> str:
+    """``value`` as the step digest encodes it (sorted keys, ``repr`` for the rest)."""
+    return json.dumps(value, sort_keys=True, default=repr)
 
 
 def _job_identity(job: Job) -> dict[str, Any]:
