@@ -18,7 +18,7 @@ with status 1 when the ratio is below ``--min-ratio``, so it can act as a CI gat
 Usage::
 
     python bench/local_throughput.py [--runs 500] [--concurrency 4] [--repeats 5]
-                                     [--supervisor c|python] [--min-ratio 0.6]
+                                     [--supervisor c|python] [--min-ratio 0.8]
                                      [--scratch DIR]
 """
 
@@ -180,8 +180,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--min-ratio",
         type=float,
-        default=0.6,
-        help="fail when median tether runs/s / median raw runs/s is below this (0.6)",
+        default=0.8,
+        help="fail when median tether runs/s / median raw runs/s is below this (0.8)",
     )
     parser.add_argument(
         "--scratch",
