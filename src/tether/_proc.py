@@ -95,9 +95,10 @@ def not_supervisor_of(pid: int, ticks: int | None, run_dir: str) -> str | None:
 
     A record names a pid, but a record is only input: before tether signals a
     process it proves the process is that run's supervisor. It must still be the
-    process that started at ``ticks`` (so the pid was not reused), lead its own
-    session (supervisors are started with setsid), and have the run folder as an
-    argument of its command line.
+    process that started at ``ticks`` (so the pid was not reused) and run tether's
+    supervisor (its executable, or the Python one's script) for that run folder.
+    It need not lead its session yet: a local supervisor leaves its submitter's
+    session as its first act (supervise.c, item 0), just after its record is read.
     """
     if pid <= 1:
         return f"the record names pid {pid}, which is never a run's supervisor"
@@ -108,8 +109,6 @@ def not_supervisor_of(pid: int, ticks: int | None, run_dir: str) -> str | None:
         return f"the run's supervisor (pid {pid}) has ended"
     if int(fields[_START]) != ticks:
         return f"pid {pid} is another process now (its start time differs from the record's)"
-    if int(fields[_SESSION]) != pid:
-        return f"pid {pid} is not a session leader, so it is not a run's supervisor"
     args = _cmdline(pid)
     if args is None or _supervised_folder(pid, args) != run_dir.encode():
         return (
@@ -148,8 +147,9 @@ def _supervised_folder(pid: int, args: list[bytes]) -> bytes | None:
 def find_by_argument(argument: str) -> int | None:
     """The pid of a live session leader whose command line has ``argument`` as one argument.
 
-    Session leaders only: a run's supervisor leads its session, while the processes
-    it starts (which may get the same argument) do not.
+    Session leaders only, or a supervisor of that folder that has not left its
+    submitter's session yet: a run's supervisor leads its session, while the
+    processes it starts (which may get the same argument) do not.
     """
     needle = argument.encode()
     with os.scandir("/proc") as entries:  # closed even when we return early
@@ -163,7 +163,9 @@ def find_by_argument(argument: str) -> int | None:
                 continue
             pid = int(entry.name)
             fields = _stat(pid) if needle in args else None
-            if fields is not None and fields[_STATE] != b"Z" and int(fields[_SESSION]) == pid:
+            if fields is None or fields[_STATE] == b"Z":
+                continue
+            if int(fields[_SESSION]) == pid or _supervised_folder(pid, args) == needle:
                 return pid
     return None
 

@@ -28,6 +28,15 @@ GATE_FD = 3
 RESERVE = 4096
 _PR_SET_CHILD_SUBREAPER = 36
 _SIGNALS = {signal.SIGALRM, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+#: What a terminal sends a process group (Ctrl-C, hang-up, Ctrl-\, Ctrl-Z, tty I/O).
+_TERMINAL = {
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGTSTP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+}
 
 
 class _State:
@@ -37,6 +46,26 @@ class _State:
     escalated = False  # KILL sent after the grace period
     settled = False  # the command has ended: a cancel now means "kill the rest at once"
     group = 0  # the run's process group, once it exists
+
+
+def _own_session() -> None:
+    """Protocol item 0 (see supervise.c): a session of our own, when tether asks for it.
+
+    Called with the signals blocked. Those a terminal sent the submitter's group
+    before we left it are dropped; those a process sent us stay pending.
+    """
+    if os.environ.pop("TETHER_SUPERVISOR_SETSID", None) != "1":
+        return
+    try:
+        os.setsid()
+    except OSError:
+        return  # a session leader already
+    again = []
+    while (info := signal.sigtimedwait(_TERMINAL, 0)) is not None:
+        if info.si_code <= 0:  # kill(), sigqueue(), tkill(): sent by a process
+            again.append(info.si_signo)
+    for signum in again:
+        os.kill(os.getpid(), signum)
 
 
 def _gate_open(run_dir: str) -> bool:
@@ -170,6 +199,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGALRM, on_alarm)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, on_cancel)
+    _own_session()
     # The gate first, before this process opens any file: started without one (fd 3
     # closed), a new pipe would take fd 3 and be mistaken for it.
     if not _gate_open(run_dir):

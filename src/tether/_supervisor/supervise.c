@@ -6,6 +6,14 @@
  * Started by tether in a new session, it outlives the Python process that started
  * it. The protocol, shared with the pure-Python supervisor (fallback.py):
  *
+ *  0. Session: with TETHER_SUPERVISOR_SETSID=1 in its environment (removed before the
+ *     command starts) it leaves the submitter's session for a new one of its own, its
+ *     first act. tether's local backend asks for this instead of a setsid in posix_spawn:
+ *     a new session is a new scheduling autogroup, and on a busy machine the spawned
+ *     child, in that new group, waits for a CPU while the submitter, stopped until the
+ *     exec, waits with it. Terminal signals (Ctrl-C, hang-up, Ctrl-\, Ctrl-Z) that
+ *     reached the submitter's group before it left are dropped; signals sent to it by a
+ *     process stay pending, so an early cancel still counts.
  *  1. Gate: it reads one byte "g" from fd 3, which tether writes once the run's
  *     record (RUN_DIR/handle.json) is on disk. If the submitter dies first (end of
  *     file), the run never starts: the record, if any, is removed and nothing runs,
@@ -276,6 +284,28 @@ static int make_reserve(const char *dir) {
     return fd;
 }
 
+/* Protocol item 0: a session of our own, when tether asks for it. Called with every
+   signal blocked; the ones a terminal sent (si_code SI_KERNEL) are taken and dropped,
+   the ones a process sent (si_code <= 0: kill, sigqueue, tkill) are raised again. */
+static void own_session(void) {
+    const char *want = getenv("TETHER_SUPERVISOR_SETSID");
+    int asked = want != NULL && strcmp(want, "1") == 0;
+    unsetenv("TETHER_SUPERVISOR_SETSID");
+    if (!asked || setsid() < 0) return;
+    static const int terminal[] = {SIGINT, SIGHUP, SIGQUIT, SIGTSTP, SIGTTIN, SIGTTOU};
+    sigset_t set;
+    sigemptyset(&set);
+    for (size_t i = 0; i < sizeof terminal / sizeof *terminal; i++) sigaddset(&set, terminal[i]);
+    int again[sizeof terminal / sizeof *terminal], n = 0;
+    struct timespec zero = {0, 0};
+    siginfo_t info;
+    int sig;
+    while (n < (int)(sizeof again / sizeof *again) && (sig = sigtimedwait(&set, &info, &zero)) > 0) {
+        if (info.si_code <= 0) again[n++] = sig;
+    }
+    for (int i = 0; i < n; i++) kill(getpid(), again[i]);
+}
+
 /* Wait for tether's go-ahead; false if the submitter died before the record was written. */
 static int gate_open(const char *dir) {
     char go = 0;
@@ -316,6 +346,7 @@ int main(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
 
+    own_session();
     if (!gate_open(dir)) return 4;
     double started = now();
     int reserve = make_reserve(dir);

@@ -30,6 +30,12 @@ _CAPABILITIES = frozenset(
 
 
 _CANCEL_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+#: Blocked in a new supervisor from its first instruction: the cancels (held until its
+#: handlers are in place) and what a terminal sends, which it drops once in a session
+#: of its own (protocol item 0 of supervise.c).
+_SPAWN_MASK = (*_CANCEL_SIGNALS, signal.SIGQUIT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
+#: Asks the supervisor to leave for a session of its own (see supervise.c, item 0).
+_OWN_SESSION = {b"TETHER_SUPERVISOR_SETSID": b"1"}
 
 # Supervisors we started are our children until they exit; reap the finished ones
 # now and then so a long-lived submitter never piles up zombies. ``_rounds`` is the

@@ -30,9 +30,10 @@ from ...job import Job
 from ...result import RunState
 from . import _slots
 from ._common import (
-    _CANCEL_SIGNALS,
     _CAPABILITIES,
     _GATE_PATIENCE,
+    _OWN_SESSION,
+    _SPAWN_MASK,
     _adopt,
     _boot_id,
     _children,
@@ -130,6 +131,12 @@ class LocalBackend(Backend[LocalConfig]):
                 "1" if config.capture_output else "0",
                 *argv,
             ]
+            # The supervisor leaves for a session of its own as its first act, not in
+            # posix_spawn: there a new session stalls this process until the exec
+            # (supervise.c, item 0). The admission step is spawned in one.
+            admission = request is not None
+            if not admission:
+                env.update(_OWN_SESSION)
             started = time.time()
             # The supervisor waits at a gate (fd 3) until the run's record is written:
             # if this process dies before that, the run never starts (no run without
@@ -141,10 +148,10 @@ class LocalBackend(Backend[LocalConfig]):
                     args,
                     env,
                     file_actions=_spawn_files(config.capture_output, gate_read, ticket),
-                    setsid=True,
+                    setsid=admission,
                     # Blocked until the supervisor's handlers are in place: a cancel sent
                     # right after submit is held, not fatal to the supervisor.
-                    setsigmask=_CANCEL_SIGNALS,
+                    setsigmask=_SPAWN_MASK,
                 )
             finally:
                 os.close(gate_read)
