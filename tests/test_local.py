@@ -257,3 +257,13 @@ def test_local_runs_start_with_default_sigpipe_and_sigxfsz(
     ignored = int(out["stdout"].split()[1], 16)  # "SigIgn: <mask>", bit n-1 is signal n
     assert not ignored & (1 << (signal.SIGPIPE - 1))
     assert not ignored & (1 << (signal.SIGXFSZ - 1))
+
+
+async def test_the_record_written_at_submit_is_the_one_save_writes(tmp_path: Path) -> None:
+    """``handle.json`` is composed with the config encoded once per backend: same bytes."""
+    backend = LocalConfig(runs_dir=tmp_path / "runs", env_vars={"A": "b"}).create()
+    for job in (Job(command="true"), Job(command=["echo", 'é "x"'], env={"K": "v"})):
+        handle = await backend.submit(job)
+        await handle.wait()
+        saved = await handle.save(tmp_path / "saved.json")
+        assert (handle.run_dir / "handle.json").read_bytes() == saved.read_bytes()  # type: ignore[operator]

@@ -95,8 +95,11 @@ async def wait_exit(
             if fd is None:
                 return
             try:
-                with anyio.move_on_after(timeout):
-                    await _readable(fd)
+                if timeout is None:
+                    await _readable(fd)  # no cancel scope to set up: most waits
+                else:
+                    with anyio.move_on_after(timeout):
+                        await _readable(fd)
             finally:
                 os.close(fd)
         finally:

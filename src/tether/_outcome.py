@@ -58,4 +58,5 @@ def supervised_result(
         stderr=stderr,
         outputs=outputs,
         error=error,
+        run_dir=run_dir,  # the handle's own folder: no copy to add it later
     )

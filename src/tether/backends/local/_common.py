@@ -92,12 +92,34 @@ def _process_env(extra: dict[str, str]) -> dict[bytes, bytes]:
     return env
 
 
-def _write_new_record(run_dir: Path, record: dict[str, Any]) -> None:
+_RECORD = (
+    f'{{"format": {json.dumps(FORMAT)}, "version": {json.dumps(VERSION)}, '
+    '"backend": %s, "run_id": %s, "job": %s, "config": %s, "data": %s}\n'
+)
+
+
+def _record_bytes(record: dict[str, Any], config_json: str) -> bytes:
+    """``handle.json``'s bytes for ``record`` (``RunHandle.to_record()``'s layout), the
+    same as ``write_record`` writes, with the config already encoded: a backend's
+    config never changes, so its part is encoded once, not on every submit."""
+    return (
+        _RECORD
+        % (
+            json.dumps(record["backend"]),
+            json.dumps(record["run_id"]),
+            json.dumps(record["job"]),
+            config_json,
+            json.dumps(record["data"]),
+        )
+    ).encode()
+
+
+def _write_new_record(run_dir: Path, data: bytes) -> None:
     """Write ``handle.json`` into a run folder just made (owner-only, nobody else
     writes there): through a fixed temporary name and a rename, as ``write_record``
     does, without ``mkstemp``'s random names and file objects (a submit's hot path)."""
-    data = (json.dumps({"format": FORMAT, "version": VERSION, **record}) + "\n").encode()
-    tmp = run_dir / ".handle.json.tmp"
+    folder = str(run_dir)
+    tmp = f"{folder}/.handle.json.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         view = memoryview(data)
@@ -105,7 +127,7 @@ def _write_new_record(run_dir: Path, record: dict[str, Any]) -> None:
             view = view[os.write(fd, view) :]
     finally:
         os.close(fd)
-    os.replace(tmp, run_dir / "handle.json")
+    os.replace(tmp, f"{folder}/handle.json")
 
 
 def _write_outcome(run_dir: Path, outcome: dict[str, Any]) -> None:

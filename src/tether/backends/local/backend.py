@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import shutil
@@ -39,6 +40,7 @@ from ._common import (
     _children,
     _process_env,
     _reap_finished,
+    _record_bytes,
     _spawn_files,
     _write_new_record,
 )
@@ -50,6 +52,8 @@ class LocalBackend(Backend[LocalConfig]):
     """Starts each job under its own supervisor; see the module docstring."""
 
     capabilities: ClassVar[frozenset[str]] = _CAPABILITIES
+    #: ``config.to_record()`` as JSON, made on first submit (a config never changes).
+    _config_json: str | None = None
 
     def _argv(self, job: Job) -> list[str]:
         if isinstance(job, Call):
@@ -163,7 +167,7 @@ class LocalBackend(Backend[LocalConfig]):
             # The record lives in the run folder: runs can be found and re-attached
             # from the folder alone (``tether ls``), even if the caller never saves one.
             try:
-                _write_new_record(run_dir, handle.to_record())
+                _write_new_record(run_dir, self._record(handle))
             except OSError as exc:
                 raise SubmitError(
                     f"Cannot write the run record in '{run_dir}': {exc.strerror or exc}; "
@@ -187,6 +191,18 @@ class LocalBackend(Backend[LocalConfig]):
             if gate is not None:
                 os.close(gate)
         return handle
+
+    def _record(self, handle: LocalRunHandle) -> bytes:
+        """The bytes of the run's ``handle.json`` (the config's part encoded once)."""
+        if self._config_json is None:
+            self._config_json = json.dumps(self.config.to_record())
+        record = {  # RunHandle.to_record() but the config
+            "backend": handle.backend_type,
+            "run_id": handle.run_id,
+            "job": handle.job.to_record(),
+            "data": handle._record_data(),
+        }
+        return _record_bytes(record, self._config_json)
 
     async def _await_supervisor_exit(self) -> None:
         """Reap supervisors whose gate closed unopened (they exit at once)."""

@@ -69,6 +69,7 @@ class LocalRunHandle(RunHandle):
         self._slots = slots
         self._local = config
         self._dir = run_dir
+        self._exit_file = f"{run_dir}/exit.json"  # read on every refresh: joined once
         self._cwd = cwd
         self._pid = pid
         self._ticks = ticks
@@ -92,7 +93,7 @@ class LocalRunHandle(RunHandle):
 
     def _read_exit(self) -> dict[str, Any] | None:
         try:  # os-level: one small file, read on every refresh
-            fd = os.open(self._dir / "exit.json", os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self._exit_file, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:  # not there yet (or no folder): the caller looks further
             return None
         try:
