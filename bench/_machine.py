@@ -1,18 +1,34 @@
-"""What the machine was doing when a benchmark ran: load, CPUs and filesystem speed.
+"""What every benchmark shares: the folder it works in, what the machine was doing
+when it ran (load, CPUs and filesystem speed), and how it ends (its results written,
+PASS or FAIL, the exit status).
 
-Every benchmark prints this first, so that a figure from a loaded machine or a slow
-disk can be recognised as such.
+Every benchmark prints the machine first, so that a figure from a loaded machine or a
+slow disk can be recognised as such.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 PROBE_FILES = 200
+
+
+def scratch_folder(path: Path | None = None) -> Path:
+    """``path``, else tether's state folder (where users' runs go by default); made if missing."""
+    if path is None:
+        from tether._files import state_home  # not before: a bench may set TETHER_* first
+
+        path = state_home()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def fs_files_per_second(directory: Path, count: int = PROBE_FILES) -> float:
@@ -53,3 +69,19 @@ def print_machine(directory: Path) -> dict[str, float]:
         "cpus": cpus,
         "fs_files_per_s": files,
     }
+
+
+def finish(data: Mapping[str, Any], output: Path, missed: Sequence[str]) -> int:
+    """Write ``data`` to ``output`` as indented JSON, then print PASS or FAIL.
+
+    FAIL goes to stderr with the ``missed`` bars, joined by "; ". Returns the exit
+    status: 0 when no bar was missed, else 1.
+    """
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"results written to {output}", flush=True)
+    if missed:
+        print(f"FAIL: {'; '.join(missed)}.", file=sys.stderr)
+        return 1
+    print("PASS")
+    return 0

@@ -65,7 +65,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from _machine import print_machine  # bench/ is the script's folder, first on sys.path
+from _machine import (  # bench/ is the script's folder, first on sys.path
+    finish,
+    print_machine,
+    scratch_folder,
+)
 
 if TYPE_CHECKING:
     from tether import Job
@@ -635,11 +639,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the bench; return the process exit status."""
     args = parse_args(argv)
-    if args.scratch is None:
-        from tether._files import state_home  # where run folders go by default
-
-        args.scratch = state_home()
-        args.scratch.mkdir(parents=True, exist_ok=True)
+    args.scratch = scratch_folder(args.scratch)
     if args.hash_dir is None:
         args.hash_dir = pick_hash_dir(args.hash_files * args.hash_mib * MIB)
     report = Report(
@@ -685,15 +685,7 @@ def main(argv: list[str] | None = None) -> int:
             f"hashing ratio {report.hash_ratio:.3f} < {report.min_hash_ratio}"
         )
     report.passed = not report.missed_bars
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    data: dict[str, Any] = asdict(report)
-    args.output.write_text(json.dumps(data, indent=2) + "\n")
-    print(f"results written to {args.output}", flush=True)
-    if not report.passed:
-        print(f"FAIL: {'; '.join(report.missed_bars)}.", file=sys.stderr)
-        return 1
-    print("PASS")
-    return 0
+    return finish(asdict(report), args.output, report.missed_bars)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from _machine import finish, scratch_folder  # bench/ is the script's folder, first on sys.path
+
 if TYPE_CHECKING:
     import aiodocker
 
@@ -343,11 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("docker") is None:
         print("FAIL: the docker CLI is not on PATH", file=sys.stderr)
         return 1
-    if args.scratch is None:
-        from tether._files import state_home  # where DockerConfig() puts run folders
-
-        args.scratch = state_home()
-        args.scratch.mkdir(parents=True, exist_ok=True)
+    args.scratch = scratch_folder(args.scratch)
     report = Report(
         image=args.image,
         containers=args.containers,
@@ -370,28 +368,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     print_table(report)
 
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    data: dict[str, Any] = asdict(report)
-    args.output.write_text(json.dumps(data, indent=2) + "\n")
-    print(f"results written to {args.output}", flush=True)
+    missed = []
     if report.leftover_containers:
-        print(
-            f"FAIL: {len(report.leftover_containers)} container(s) left behind (now removed): "
-            + ", ".join(report.leftover_containers),
-            file=sys.stderr,
+        missed.append(
+            f"{len(report.leftover_containers)} container(s) left behind (now removed): "
+            + ", ".join(report.leftover_containers)
         )
     if report.ratio > report.max_ratio:
-        print(
-            f"FAIL: a container through tether takes {report.ratio:.3f} times as long as "
+        missed.append(
+            f"a container through tether takes {report.ratio:.3f} times as long as "
             f"through raw aiodocker ({report.medians['sequential']['tether']:.1f} vs "
             f"{report.medians['sequential']['raw']:.1f} ms), above the bar of "
-            f"{report.max_ratio}.",
-            file=sys.stderr,
+            f"{report.max_ratio}"
         )
-    if not report.passed:
-        return 1
-    print("PASS")
-    return 0
+    return finish(asdict(report), args.output, missed)
 
 
 if __name__ == "__main__":

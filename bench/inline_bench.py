@@ -47,7 +47,6 @@ import argparse
 import asyncio
 import concurrent.futures
 import gc
-import json
 import math
 import multiprocessing
 import os
@@ -59,6 +58,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from _machine import finish  # bench/ is the script's folder, first on sys.path
 
 if TYPE_CHECKING:
     from joblib import Parallel
@@ -397,15 +398,7 @@ def main(argv: list[str] | None = None) -> int:
             f"({report.tether_median:.1f} vs {report.joblib_median:.1f} us/call)"
         )
     report.passed = not report.missed_bars
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    data: dict[str, Any] = asdict(report)
-    args.output.write_text(json.dumps(data, indent=2) + "\n")
-    print(f"results written to {args.output}", flush=True)
-    if not report.passed:
-        print(f"FAIL: {'; '.join(report.missed_bars)}.", file=sys.stderr)
-        return 1
-    print("PASS")
-    return 0
+    return finish(asdict(report), args.output, report.missed_bars)
 
 
 if __name__ == "__main__":

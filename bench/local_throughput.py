@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import statistics
@@ -36,7 +35,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+
+from _machine import finish, scratch_folder  # bench/ is the script's folder, first on sys.path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "local_throughput.json"
 COMMAND = "/bin/true"
@@ -202,11 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.supervisor is not None:
         os.environ["TETHER_SUPERVISOR"] = args.supervisor  # before tether is imported
-    if args.scratch is None:
-        from tether._files import state_home  # where LocalConfig() puts run folders
-
-        args.scratch = state_home()
-        args.scratch.mkdir(parents=True, exist_ok=True)
+    args.scratch = scratch_folder(args.scratch)
     report = Report(
         runs=args.runs,
         concurrency=args.concurrency,
@@ -224,20 +220,14 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(bench(report, Path(scratch)))
     print_table(report)
 
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    data: dict[str, Any] = asdict(report)
-    args.output.write_text(json.dumps(data, indent=2) + "\n")
-    print(f"results written to {args.output}", flush=True)
+    missed = []
     if not report.passed:
-        print(
-            f"FAIL: tether reaches {report.ratio:.3f} of raw asyncio throughput "
+        missed.append(
+            f"tether reaches {report.ratio:.3f} of raw asyncio throughput "
             f"({report.tether_median:.1f} vs {report.raw_median:.1f} runs/s), "
-            f"below the bar of {report.min_ratio}.",
-            file=sys.stderr,
+            f"below the bar of {report.min_ratio}"
         )
-        return 1
-    print("PASS")
-    return 0
+    return finish(asdict(report), args.output, missed)
 
 
 if __name__ == "__main__":

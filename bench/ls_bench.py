@@ -48,7 +48,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _machine import print_machine
+from _machine import finish, print_machine, scratch_folder
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ls_bench.json"
 SEED = 20261204
@@ -150,10 +150,7 @@ def main() -> int:
     args = parser.parse_args()
     repeats = max(args.repeats, 3)
 
-    from tether._files import state_home
-
-    scratch = args.scratch or state_home()
-    scratch.mkdir(parents=True, exist_ok=True)
+    scratch = scratch_folder(args.scratch)
     machine = print_machine(scratch)
     script = Path(sys.executable).parent / "tether"
     tether = str(script) if script.exists() else (shutil.which("tether") or "tether")
@@ -220,25 +217,20 @@ def main() -> int:
         f"bar: tether ls of {args.runs:,} runs median {median['big']:.2f} s "
         f"<= {args.max_seconds:g} s: {'met' if ok else 'MISSED'}"
     )
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "machine": machine,
-                "runs": sizes,
-                "mix": mix,
-                "seconds": times,
-                "median_s": median,
-                "per_run_us": {name: value * 1e6 for name, value in per_run.items()},
-                "marginal_us": marginal * 1e6,
-                "flatness": flatness,
-                "bar_s": args.max_seconds,
-                "ok": ok,
-            },
-            indent=2,
-        )
-    )
-    return 0 if ok else 1
+    data = {
+        "machine": machine,
+        "runs": sizes,
+        "mix": mix,
+        "seconds": times,
+        "median_s": median,
+        "per_run_us": {name: value * 1e6 for name, value in per_run.items()},
+        "marginal_us": marginal * 1e6,
+        "flatness": flatness,
+        "bar_s": args.max_seconds,
+        "ok": ok,
+    }
+    why = f"tether ls of {args.runs:,} runs {median['big']:.2f} s > {args.max_seconds:g} s"
+    return finish(data, RESULTS, [] if ok else [why])
 
 
 def _stop_live(root: Path) -> None:

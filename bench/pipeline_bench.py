@@ -39,7 +39,6 @@ import asyncio
 import cProfile
 import gc
 import io
-import json
 import os
 import platform
 import pstats
@@ -51,6 +50,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from _machine import finish, scratch_folder  # bench/ is the script's folder, first on sys.path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pipeline_bench.json"
 AIM_MS = 1.0
@@ -285,11 +286,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the bench; return the process exit status."""
     args = parse_args(argv)
-    if args.scratch is None:
-        from tether._files import state_home  # where run folders go by default
-
-        args.scratch = state_home()
-        args.scratch.mkdir(parents=True, exist_ok=True)
+    args.scratch = scratch_folder(args.scratch)
     report = Report(
         steps=args.steps,
         repeats=args.repeats,
@@ -316,14 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{report.median_ms['direct']:.3f})"
             )
     report.passed = not report.missed_bars
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(asdict(report), indent=2) + "\n")
-    print(f"results written to {args.output}", flush=True)
-    if not report.passed:
-        print(f"FAIL: {'; '.join(report.missed_bars)}.", file=sys.stderr)
-        return 1
-    print("PASS")
-    return 0
+    return finish(asdict(report), args.output, report.missed_bars)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import print_machine  # (the bench folder, for scripts)
+from _machine import finish, print_machine, scratch_folder  # (the bench folder, for scripts)
+from pipeline_bench import direct
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pipeline_scale.json"
 SHAPES = ("steps", "fan-out")
@@ -128,32 +129,6 @@ def make_pipeline(shape: str, steps: list[Any], folder: Path) -> Any:
 def build(shape: str, n: int, folder: Path) -> Any:
     """The whole pipeline, steps and all."""
     return make_pipeline(shape, make_steps(shape, n), folder)
-
-
-async def direct(n: int, folder: Path) -> tuple[float, int]:
-    """The same runs without a pipeline: the root, then N at once in a task group."""
-    import anyio
-
-    from tether import DummyConfig, Job, RunResult, RunState
-
-    gc.collect()
-    t0 = time.perf_counter()
-    backend = DummyConfig(runs_dir=folder / "runs").create()
-    root = await (await backend.submit(Job(name="root", command="true"))).wait()
-    results: list[RunResult] = []
-
-    async def one(i: int) -> None:
-        handle = await backend.submit(Job(name=f"s{i}", command="true"))
-        results.append(await handle.wait())
-
-    async with anyio.create_task_group() as group:
-        for i in range(n):
-            group.start_soon(one, i)
-    elapsed = time.perf_counter() - t0
-    bad = [r for r in [root, *results] if r.state is not RunState.SUCCEEDED]
-    if len(results) != n or bad:
-        raise RuntimeError(f"direct: {len(results)} of {n} runs, {len(bad)} did not succeed")
-    return elapsed, 0
 
 
 async def pipelined(shape: str, n: int, folder: Path) -> tuple[float, int]:
@@ -239,7 +214,7 @@ async def bench(report: Report, scratch: Path) -> None:
 async def run_case(case: str, n: int, folder: Path) -> tuple[float, int]:
     folder.mkdir(parents=True, exist_ok=True)
     if case == "direct":
-        return await direct(n, folder)
+        return await direct(n, folder), 0  # no state file
     return await pipelined(case, n, folder)
 
 
@@ -371,11 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume_child:
         resume_child(Path(args.resume_child[0]), int(args.resume_child[1]))
         return 0
-    if args.scratch is None:
-        from tether._files import state_home  # where run folders go by default
-
-        args.scratch = state_home()
-    args.scratch.mkdir(parents=True, exist_ok=True)
+    args.scratch = scratch_folder(args.scratch)
     report = Report(
         small=args.small,
         large=args.large,
@@ -398,14 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(report)
     check_bars(report, args.max_ratio, args.max_resume_s)
     report.passed = not report.missed_bars
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(asdict(report), indent=2) + "\n")
-    print(f"results written to {args.output}", flush=True)
-    if not report.passed:
-        print(f"FAIL: {'; '.join(report.missed_bars)}.", file=sys.stderr)
-        return 1
-    print("PASS")
-    return 0
+    return finish(asdict(report), args.output, report.missed_bars)
 
 
 if __name__ == "__main__":

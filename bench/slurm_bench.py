@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import operator
 import os
 import platform
@@ -70,6 +69,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from _machine import finish, scratch_folder  # bench/ is the script's folder, first on sys.path
 
 if TYPE_CHECKING:
     from tether.backends.slurm import SlurmBackend, SlurmRunHandle
@@ -569,11 +570,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    if args.scratch is None:
-        from tether._files import state_home  # where SlurmConfig() puts run folders
-
-        args.scratch = state_home()
-        args.scratch.mkdir(parents=True, exist_ok=True)
+    args.scratch = scratch_folder(args.scratch)
     report = Report(
         small=args.small,
         large=args.large,
@@ -631,15 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     if report.failures:
         report.missed_bars.append(f"{len(report.failures)} failure(s), first: {report.failures[0]}")
     report.passed = not report.missed_bars
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    data: dict[str, Any] = asdict(report)
-    args.output.write_text(json.dumps(data, indent=2) + "\n")
-    print(f"results written to {args.output}", flush=True)
-    if not report.passed:
-        print(f"FAIL: {'; '.join(report.missed_bars)}.", file=sys.stderr)
-        return 1
-    print("PASS")
-    return 0
+    return finish(asdict(report), args.output, report.missed_bars)
 
 
 if __name__ == "__main__":

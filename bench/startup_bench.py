@@ -28,7 +28,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -41,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _machine import print_machine
+from _machine import finish, print_machine
 
 RESULTS = Path(__file__).resolve().parent / "results" / "startup_bench.json"
 SEED = 20261204
@@ -145,25 +144,20 @@ def main() -> int:
     for name, bar in bars.items():
         verdict = "MISSED" if name in missed else "met"
         print(f"bar: {name} median {wall[name]:.1f} ms <= {bar:g} ms: {verdict}")
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "machine": machine,
-                "repeats": repeats,
-                "wall_ms": walls,
-                "cpu_ms": cpus,
-                "median_wall_ms": wall,
-                "median_cpu_ms": cpu,
-                "ratio_to_pass": {name: wall[name] / floor for name in commands},
-                "ratio_to_pydantic": {name: wall[name] / pydantic for name in commands},
-                "bars_ms": bars,
-                "ok": not missed,
-            },
-            indent=2,
-        )
-    )
-    return 1 if missed else 0
+    data = {
+        "machine": machine,
+        "repeats": repeats,
+        "wall_ms": walls,
+        "cpu_ms": cpus,
+        "median_wall_ms": wall,
+        "median_cpu_ms": cpu,
+        "ratio_to_pass": {name: wall[name] / floor for name in commands},
+        "ratio_to_pydantic": {name: wall[name] / pydantic for name in commands},
+        "bars_ms": bars,
+        "ok": not missed,
+    }
+    why = [f"{name} median {wall[name]:.1f} ms > {bars[name]:g} ms" for name in missed]
+    return finish(data, RESULTS, why)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from _machine import finish, scratch_folder  # bench/ is the script's folder, first on sys.path
+
 if TYPE_CHECKING:
     from tether import RunHandle
 
@@ -279,10 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     supervisor = os.environ.get("TETHER_SUPERVISOR", "auto")
     print(f"wait overhead: {args.runs} x sleep {args.sleep:g}, supervisor={supervisor}\n")
 
-    from tether._files import state_home  # where LocalConfig() puts run folders
-
-    state_home().mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="tether-bench-", dir=state_home()))
+    # Beside where LocalConfig() puts run folders.
+    scratch = Path(tempfile.mkdtemp(prefix="tether-bench-", dir=scratch_folder()))
     try:
         local = asyncio.run(in_process(scratch / "runs-1", args.runs, args.sleep))
         loaded = reattached(scratch / "runs-2", args.runs, args.sleep)
@@ -307,14 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.system()} {platform.release()} {platform.machine()}",
         "cpus": os.cpu_count() or 0,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(data, indent=2) + "\n")
-    print(f"\nresults written to {args.output}", flush=True)
-    if not passed:
-        print("FAIL: a wait-overhead bar was missed (see above).", file=sys.stderr)
-        return 1
-    print("PASS")
-    return 0
+    print()
+    missed = [] if passed else ["a wait-overhead bar was missed (see above)"]
+    return finish(data, args.output, missed)
 
 
 if __name__ == "__main__":

@@ -29,87 +29,27 @@ import json
 import subprocess
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
 from typing import Any
 
-from _machine import print_machine  # bench/ is the script's folder, first on sys.path
+from _machine import (  # bench/ is the script's folder, first on sys.path
+    finish,
+    print_machine,
+    scratch_folder,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "wait_scale.json"
 
-WAITER = textwrap.dedent(
-    """
-    import asyncio, fcntl, json, os, resource, sys, threading
-    from pathlib import Path
-
-    limit, count = int(sys.argv[1]), int(sys.argv[2])
-    runs_dir, mode = Path(sys.argv[3]), sys.argv[4]
-    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
-    import tether
-    from tether import Job, LocalConfig
-
-    def status(field):
-        for line in open("/proc/self/status"):
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-
-    def cpu():
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
-
-    async def main():
-        gate = runs_dir / "gate"
-        rss_before = status("VmRSS")
-        if mode == "submit":
-            lock = open(gate, "w")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            backend = LocalConfig(runs_dir=runs_dir, capture_output=False).create()
-            job = Job(command=["flock", "-s", str(gate), "true"])
-            handles = [await backend.submit(job) for _ in range(count)]
-        else:
-            records = sorted(runs_dir.glob("*/handle.json"))
-            handles = [await tether.load_handle(path) for path in records]
-        peak = {"threads": 0, "rss": 0}
-        sampling = True
-
-        async def sample():
-            while sampling:
-                peak["threads"] = max(peak["threads"], status("Threads"))
-                peak["rss"] = max(peak["rss"], status("VmRSS"))
-                await asyncio.sleep(0.1)
-
-        sampler = asyncio.ensure_future(sample())
-        began = cpu()
-        waits = [asyncio.ensure_future(handle.wait()) for handle in handles]
-        await asyncio.sleep(0.5)
-        early = sum(wait.done() for wait in waits)
-        if mode == "submit":
-            fcntl.flock(lock, fcntl.LOCK_UN)
-            lock.close()
-        else:
-            print("ready", flush=True)
-            sys.stdin.readline()  # the bench releases the lock
-        results = await asyncio.gather(*waits)
-        spent = cpu() - began
-        sampling = False
-        await sampler
-        print(json.dumps({
-            "runs": len(results), "early": early,
-            "succeeded": sum(r.state.value == "SUCCEEDED" for r in results),
-            "cpu_ms_per_handle": spent * 1e3 / count,
-            "kib_per_handle": (peak["rss"] - rss_before) / count,
-            "threads": peak["threads"],
-        }))
-
-    asyncio.run(main())
-    """
-)
+#: The waiting process (shared with tests/test_wait_scale.py), and how long it lets its
+#: waits settle before it reads its figures and the lock is let go.
+WAITER = Path(__file__).resolve().parent / "_waiter.py"
+SETTLE_S = 0.5
 
 
 def waiter(limit: int, count: int, runs_dir: Path, mode: str) -> subprocess.Popen[str]:
     """Start the waiting process."""
     return subprocess.Popen(
-        [sys.executable, "-c", WAITER, str(limit), str(count), str(runs_dir), mode],
+        [sys.executable, str(WAITER), str(limit), str(count), str(runs_dir), mode, str(SETTLE_S)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -166,10 +106,7 @@ def main() -> int:
     parser.add_argument("--max-ratio", type=float, default=1.5)
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
-    from tether._files import state_home
-
-    home = state_home()
-    home.mkdir(parents=True, exist_ok=True)
+    home = scratch_folder()
     facts = print_machine(home)
     print(
         f"wait scale: {args.baseline:,} and {args.runs:,} runs awaited at once under "
@@ -211,17 +148,8 @@ def main() -> int:
     ]
     if ratio > args.max_ratio:
         missed.append(f"CPU ratio {ratio:.2f} > {args.max_ratio}")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(
-        json.dumps({"machine": facts, "cases": cases, "ratio": ratio, "missed": missed}, indent=2)
-        + "\n"
-    )
-    print(f"results written to {args.output}")
-    if missed:
-        print(f"FAIL: {'; '.join(missed)}.", file=sys.stderr)
-        return 1
-    print("PASS")
-    return 0
+    data = {"machine": facts, "cases": cases, "ratio": ratio, "missed": missed}
+    return finish(data, args.output, missed)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import anyio
@@ -26,59 +25,14 @@ from tether.backends.local import LocalRunHandle
 
 pytestmark = pytest.mark.anyio
 
-# The waiting side: an argument says whether it submits the runs itself or loads
-# the records another process wrote.
-WAITER = textwrap.dedent(
-    """
-    import asyncio, fcntl, json, os, resource, sys, threading
-    from pathlib import Path
-
-    limit, count = int(sys.argv[1]), int(sys.argv[2])
-    runs_dir, mode = Path(sys.argv[3]), sys.argv[4]
-    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
-    import tether
-    from tether import Job, LocalConfig
-    from tether._exitwait import overflow_waiters, pidfd_budget
-
-    async def main():
-        gate = runs_dir / "gate"
-        if mode == "submit":
-            lock = open(gate, "w")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            backend = LocalConfig(runs_dir=runs_dir, capture_output=False).create()
-            job = Job(command=["flock", "-s", str(gate), "true"])
-            handles = [await backend.submit(job) for _ in range(count)]
-        else:
-            records = sorted(runs_dir.glob("*/handle.json"))
-            handles = [await tether.load_handle(path) for path in records]
-        waits = [asyncio.ensure_future(handle.wait()) for handle in handles]
-        await asyncio.sleep(1.0)
-        early = sum(wait.done() for wait in waits)
-        # Every wait is in: those past the pidfd budget share the inotify descriptor.
-        used, budget = pidfd_budget()
-        shared = overflow_waiters()
-        fds = len(os.listdir("/proc/self/fd"))
-        if mode == "submit":
-            fcntl.flock(lock, fcntl.LOCK_UN)
-            lock.close()
-        else:
-            print("ready", flush=True)
-            sys.stdin.readline()  # the other side releases the lock
-        results = await asyncio.gather(*waits)
-        print(json.dumps({
-            "early": early, "pidfds": used, "budget": budget, "shared": shared, "fds": fds,
-            "states": sorted({r.state.value for r in results}), "count": len(results),
-            "threads": threading.active_count(), "left": overflow_waiters(),
-        }))
-
-    asyncio.run(main())
-    """
-)
+# The waiting side (the bench's too): an argument says whether it submits the runs
+# itself or loads the records another process wrote.
+WAITER = Path(__file__).resolve().parents[1] / "bench" / "_waiter.py"
 
 
 def _waiter(limit: int, count: int, runs_dir: Path, mode: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-c", WAITER, str(limit), str(count), str(runs_dir), mode],
+        [sys.executable, str(WAITER), str(limit), str(count), str(runs_dir), mode, "1.0"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -87,7 +41,7 @@ def _waiter(limit: int, count: int, runs_dir: Path, mode: str) -> subprocess.Pop
 
 def _check(report: dict[str, object], count: int, limit: int) -> None:
     assert report["early"] == 0, "runs ended before the lock was released"
-    assert report["count"] == count
+    assert report["runs"] == count
     assert report["states"] == ["SUCCEEDED"]
     assert isinstance(report["fds"], int) and report["fds"] < limit
     assert report["pidfds"] == report["budget"]  # the budget is used to the full …

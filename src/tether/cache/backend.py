@@ -26,24 +26,16 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import anyio
 import anyio.to_thread
-from pydantic import (
-    ConfigDict,
-    Field,
-    SecretStr,
-    SerializeAsAny,
-    ValidationInfo,
-    WithJsonSchema,
-    field_validator,
-    model_validator,
-)
+from pydantic import ConfigDict, Field, SerializeAsAny, field_validator
 
 from .. import _plugins
 from .._files import cache_home, default_runs_dir
 from .._integrity import seal
 from .._runs import chosen_run_id, make_run_dir, new_run_id, tail_lines
+from .._wrapping import INNER_SCHEMA, WrapperConfig
 from ..backend import Backend
 from ..call import Call, encode_outcome
-from ..config import FROM_RECORD, BackendConfig
+from ..config import BackendConfig
 from ..errors import ConfigError, RecordError, SubmitError
 from ..handle import RunHandle, Stream, check_stream
 from ..job import Job
@@ -60,15 +52,6 @@ from ._results import with_value as _with_value
 from .key import KeyFunction, default_key
 from .sqlite_store import SQLiteStore
 from .store import CacheEntry, CacheStore, Claim, StoredFile
-
-#: The inner config in the schema: any backend's config, told apart by its ``type``
-#: (its own fields are checked by that backend's schema: tether backends schema T).
-_INNER_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["type"],
-    "properties": {"type": {"type": "string", "description": "The inner backend's type."}},
-    "additionalProperties": True,
-}
 
 
 def _not_a_store(obj: object) -> str | None:
@@ -100,7 +83,7 @@ def store_from_spec(kind: str, path: Path | None) -> CacheStore:
     return store
 
 
-class CachedConfig(BackendConfig):
+class CachedConfig(WrapperConfig):
     """Settings of a cached backend: the inner backend's config, the store, the policy."""
 
     model_config = ConfigDict(
@@ -121,7 +104,7 @@ class CachedConfig(BackendConfig):
     type: Literal["cached"] = Field(
         "cached", description="Selects the caching wrapper in config files.", examples=["cached"]
     )
-    backend: Annotated[SerializeAsAny[BackendConfig], WithJsonSchema(_INNER_SCHEMA)] = Field(
+    backend: Annotated[SerializeAsAny[BackendConfig], INNER_SCHEMA] = Field(
         description="The inner backend's config, with its own 'type'; it runs the misses.",
         examples=[{"type": "local"}],
     )
@@ -157,40 +140,7 @@ class CachedConfig(BackendConfig):
         examples=["~/tether-runs"],
     )
 
-    timeout: int = Field(
-        3600,
-        ge=60,
-        le=86400,
-        description="Not used by the wrapper: set the timeout in 'backend'.",
-        examples=[3600],
-    )
-    env_vars: dict[str, str | SecretStr] = Field(
-        default_factory=dict,
-        description="Not used by the wrapper: set environment variables in 'backend'.",
-        examples=[{}],
-    )
-    working_dir: Path | None = Field(
-        None,
-        description="Not used by the wrapper: set working_dir in 'backend'.",
-        examples=[None],
-    )
-
-    preference: ClassVar[int] = 900  # a wrapper: never recommended on its own
-
-    @model_validator(mode="after")
-    def _settings_belong_inside(self) -> CachedConfig:
-        moved = [f for f in ("timeout", "env_vars", "working_dir") if f in self.model_fields_set]
-        moved = [
-            f
-            for f in moved
-            if getattr(self, f) != type(self).model_fields[f].get_default(call_default_factory=True)
-        ]
-        if moved:
-            raise ValueError(
-                f"{', '.join(moved)} of a cached backend go inside 'backend' (the wrapper "
-                "runs nothing itself)"
-            )
-        return self
+    wrapper_name: ClassVar[str] = "cached backend"
 
     @field_validator("store")
     @classmethod
@@ -205,30 +155,6 @@ class CachedConfig(BackendConfig):
                 else f"unknown cache store {kind!r}; known stores: {known}"
             )
         return kind
-
-    @field_validator("backend", mode="before")
-    @classmethod
-    def _inner(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, BackendConfig):
-            return value
-        if not isinstance(value, dict) or "type" not in value:
-            raise ValueError("backend must be a mapping with the inner backend's 'type'")
-        from ..registry import config_class
-
-        inner = config_class(str(value["type"]))
-        if (info.context or {}).get(FROM_RECORD):
-            return inner.from_record(value)
-        return inner.model_validate(value)
-
-    def to_record(self) -> dict[str, Any]:
-        """The record, with the inner config's own record (no secret values)."""
-        data = super().to_record()
-        data["backend"] = self.backend.to_record()
-        return data
-
-    def cache_fields(self) -> dict[str, Any]:
-        """A cached backend's results are its inner backend's."""
-        return self.backend.cache_fields()
 
     def create(self) -> CachedBackend:
         """The inner backend wrapped in a :class:`CachedBackend` with this store."""

@@ -18,21 +18,13 @@ import builtins
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import (
-    ConfigDict,
-    Field,
-    SecretStr,
-    SerializeAsAny,
-    ValidationInfo,
-    WithJsonSchema,
-    field_validator,
-    model_validator,
-)
+from pydantic import ConfigDict, Field, SerializeAsAny
 
 from .._files import default_runs_dir
 from .._runs import chosen_run_id, make_run_dir
+from .._wrapping import INNER_SCHEMA, WrapperConfig
 from ..backend import Backend
-from ..config import FROM_RECORD, BackendConfig
+from ..config import BackendConfig
 from ..errors import ConfigError, RecordError
 from ..job import Job
 from ..records import write_record
@@ -40,16 +32,8 @@ from ._state import Attempt, RetryState, write_state
 from .handle import RetryRunHandle, needs_secrets
 from .policy import RetryPolicy
 
-#: The inner config in the schema: any backend's config, told apart by its ``type``.
-_INNER_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["type"],
-    "properties": {"type": {"type": "string", "description": "The inner backend's type."}},
-    "additionalProperties": True,
-}
 
-
-class RetryConfig(BackendConfig, RetryPolicy):
+class RetryConfig(WrapperConfig, RetryPolicy):
     """Settings of a retrying backend: the inner backend's config and the retry policy.
 
     The policy fields (``retries``, ``backoff``, ``retry_on``, ``exit_codes``) are
@@ -75,7 +59,7 @@ class RetryConfig(BackendConfig, RetryPolicy):
     type: Literal["retry"] = Field(
         "retry", description="Selects the retrying wrapper in config files.", examples=["retry"]
     )
-    backend: Annotated[SerializeAsAny[BackendConfig], WithJsonSchema(_INNER_SCHEMA)] = Field(
+    backend: Annotated[SerializeAsAny[BackendConfig], INNER_SCHEMA] = Field(
         description="The inner backend's config, with its own 'type'; it runs every attempt.",
         examples=[{"type": "local"}],
     )
@@ -93,53 +77,23 @@ class RetryConfig(BackendConfig, RetryPolicy):
         description="Not used by the wrapper: set the timeout (per attempt) in 'backend'.",
         examples=[3600],
     )
-    env_vars: dict[str, str | SecretStr] = Field(
-        default_factory=dict,
-        description="Not used by the wrapper: set environment variables in 'backend'.",
-        examples=[{}],
-    )
-    working_dir: Path | None = Field(
-        None,
-        description="Not used by the wrapper: set working_dir in 'backend'.",
-        examples=[None],
-    )
 
-    preference: ClassVar[int] = 900  # a wrapper: never recommended on its own
+    wrapper_name: ClassVar[str] = "retrying backend"
     cache_ignore: ClassVar[frozenset[str]] = frozenset({"timeout", "runs_dir"})
 
-    @model_validator(mode="after")
-    def _settings_belong_inside(self) -> RetryConfig:
-        defaults = type(self).model_fields
-        moved = [
-            f
-            for f in ("timeout", "env_vars", "working_dir")
-            if f in self.model_fields_set
-            and getattr(self, f) != defaults[f].get_default(call_default_factory=True)
-        ]
-        if moved:
-            raise ValueError(
-                f"{', '.join(moved)} of a retrying backend go inside 'backend' (the wrapper "
-                "runs nothing itself)"
-            )
-        return self
-
-    @field_validator("backend", mode="before")
     @classmethod
-    def _inner(cls, value: Any, info: ValidationInfo) -> Any:
-        if not isinstance(value, BackendConfig):
-            if not isinstance(value, dict) or "type" not in value:
-                raise ValueError("backend must be a mapping with the inner backend's 'type'")
-            from ..registry import config_class
-
-            inner = config_class(str(value["type"]))
-            if (info.context or {}).get(FROM_RECORD):
-                value = inner.from_record(value)
-            else:
-                value = inner.model_validate(value)
-        refusal = _refused_inner(value)
-        if refusal:
-            raise ValueError(refusal)
-        return value
+    def _refused_inner(cls, inner: BackendConfig) -> str | None:
+        """Why ``inner`` cannot be retried as the inner backend, or None."""
+        if isinstance(inner, RetryConfig):
+            return (
+                "a retrying backend inside another one multiplies the attempts: merge the policies"
+            )
+        if getattr(inner, "cache_failures", False):
+            return (
+                "the inner cache records failures (cache_failures=true), so every retry would get "
+                "the recorded failure back: set cache_failures to false"
+            )
+        return None
 
     @property
     def policy(self) -> RetryPolicy:
@@ -151,16 +105,6 @@ class RetryConfig(BackendConfig, RetryPolicy):
             exit_codes=self.exit_codes,
         )
 
-    def to_record(self) -> dict[str, Any]:
-        """The record, with the inner config's own record (no secret values)."""
-        data = super().to_record()
-        data["backend"] = self.backend.to_record()
-        return data
-
-    def cache_fields(self) -> dict[str, Any]:
-        """A retrying backend's results are its inner backend's (the policy changes none)."""
-        return self.backend.cache_fields()
-
     def create(self) -> RetryingBackend:
         """The inner backend wrapped in a :class:`RetryingBackend` with this policy."""
         return RetryingBackend(self.backend.create(), self.policy, runs_dir=self.runs_dir)
@@ -169,18 +113,6 @@ class RetryConfig(BackendConfig, RetryPolicy):
     def handle_class(cls) -> builtins.type[RetryRunHandle]:
         """Saved retried runs load into :class:`RetryRunHandle`."""
         return RetryRunHandle
-
-
-def _refused_inner(config: BackendConfig) -> str | None:
-    """Why ``config`` cannot be retried as the inner backend, or None."""
-    if isinstance(config, RetryConfig):
-        return "a retrying backend inside another one multiplies the attempts: merge the policies"
-    if getattr(config, "cache_failures", False):
-        return (
-            "the inner cache records failures (cache_failures=true), so every retry would get "
-            "the recorded failure back: set cache_failures to false"
-        )
-    return None
 
 
 class RetryingBackend(Backend[RetryConfig]):
@@ -200,7 +132,7 @@ class RetryingBackend(Backend[RetryConfig]):
         *,
         runs_dir: Path | None = None,
     ) -> None:
-        refusal = _refused_inner(inner.config)
+        refusal = RetryConfig._refused_inner(inner.config)
         if refusal:
             raise ConfigError(f"RetryingBackend: {refusal}.")
         policy = policy if policy is not None else RetryPolicy()
