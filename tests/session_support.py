@@ -21,15 +21,9 @@ import signal
 import sys
 import time
 
-MASK = {
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGTSTP,
-    signal.SIGTTIN,
-    signal.SIGTTOU,
-}
+from tether.backends.local._common import _SPAWN_MASK
+
+MASK = set(_SPAWN_MASK)  # what tether's submitter blocks in a new supervisor
 PROBE = "import os; print(os.getsid(0), os.environ.get('TETHER_SUPERVISOR_SETSID'))"
 
 

@@ -267,3 +267,11 @@ async def test_the_record_written_at_submit_is_the_one_save_writes(tmp_path: Pat
         await handle.wait()
         saved = await handle.save(tmp_path / "saved.json")
         assert (handle.run_dir / "handle.json").read_bytes() == saved.read_bytes()  # type: ignore[operator]
+
+
+async def test_a_chosen_run_id_in_use_is_refused_with_its_folder(tmp_path: Path) -> None:
+    backend = LocalConfig(runs_dir=tmp_path / "runs").create()
+    handle = await backend.submit(Job(command="true"), run_id="taken")
+    await handle.wait()
+    with pytest.raises(SubmitError, match=r"Run folder '.*taken' already exists: submit with"):
+        await backend.submit(Job(command="true"), run_id="taken")
