@@ -16,11 +16,21 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "pipeline" / "pipeline.yml"
 
 
-def _counting_pipeline(cli: CLI, *, fail: bool = False, slow: float = 0.0) -> Path:
-    """Three steps that each append a line to <tmp>/effects/<step>, so runs can be counted."""
+def _counting_pipeline(
+    cli: CLI, *, fail: bool = False, slow: float = 0.0, hold: Path | None = None
+) -> Path:
+    """Three steps that each append a line to <tmp>/effects/<step>, so runs can be counted.
+
+    The first sleeps ``slow`` seconds, or with ``hold`` waits (30 s at most) until
+    that file exists: a test that must act while it runs says when it is done.
+    """
     effects = cli.tmp / "effects"
     effects.mkdir(exist_ok=True)
     last = "exit 3" if fail else "true"
+    if hold is not None:
+        slow_part = f"for i in $(seq 600); do [ -e {hold} ] && break; sleep 0.05; done"
+    else:
+        slow_part = f"sleep {slow}"
     return cli.write(
         "p.yml",
         f"""\
@@ -28,7 +38,7 @@ name: counted
 backend: {{type: local}}
 steps:
   - name: first
-    job: {{command: "echo x >> {effects}/first; sleep {slow}; echo one > one.txt",
+    job: {{command: "echo x >> {effects}/first; {slow_part}; echo one > one.txt",
            outputs: [one.txt]}}
   - name: second
     inputs_from: [first]
@@ -247,14 +257,18 @@ def test_sigkilled_pipeline_resumes_and_runs_each_step_once(cli: CLI) -> None:
 
 
 def test_a_state_file_in_use_is_refused(cli: CLI) -> None:
-    pipeline = _counting_pipeline(cli, slow=5.0)
+    hold = cli.tmp / "hold"  # the first step runs until the checks are done
+    pipeline = _counting_pipeline(cli, hold=hold)
     state = cli.tmp / "state.jsonl"
     with _started(cli, pipeline, state) as first:
-        fresh = one_error_line(cli("pipeline", "run", pipeline, "--state", state, "--fresh"))
-        assert "--fresh cannot start over while it runs" in fresh
-        line = one_error_line(cli("pipeline", "run", pipeline, "--state", state))
-        assert "in use by another running pipeline" in line
-        assert "running now" in cli("pipeline", "status", state).stdout
+        try:
+            fresh = one_error_line(cli("pipeline", "run", pipeline, "--state", state, "--fresh"))
+            assert "--fresh cannot start over while it runs" in fresh
+            line = one_error_line(cli("pipeline", "run", pipeline, "--state", state))
+            assert "in use by another running pipeline" in line
+            assert "running now" in cli("pipeline", "status", state).stdout
+        finally:
+            hold.touch()
         assert first.wait(timeout=30) == 0
     assert _count(cli, "first") == 1
 

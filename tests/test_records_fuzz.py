@@ -19,6 +19,7 @@ from tether.backends.dummy import DummyConfig
 from tether.errors import TetherError
 from tether.records import read_record
 from tether.registry import backend_configs, handle_from_record
+from tether.result import utc_time
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -146,3 +147,9 @@ def test_any_backend_with_parts_of_any_shape_loads_or_is_a_tether_error(
     path = folder / "parts.json"
     path.write_text(json.dumps(record))
     _load(path)
+
+
+@pytest.mark.parametrize("seconds", [1e300, -1e300, float("nan"), float("inf"), 10**20])
+def test_a_time_no_datetime_can_hold_is_no_time(seconds: float) -> None:
+    assert utc_time(seconds) is None
+    assert utc_time(0.0) is not None

@@ -14,10 +14,17 @@ from . import _html
 
 
 def utc_time(seconds: Any) -> datetime | None:
-    """A UTC datetime from seconds since the epoch (as run records store times), or None."""
+    """A UTC datetime from seconds since the epoch (as run records store times), or None.
+
+    None too for a time no datetime can hold (NaN, infinite, past the year 9999): a
+    record is input, and a mangled time in one is no reason for its load to fail.
+    """
     if isinstance(seconds, bool) or not isinstance(seconds, int | float):
         return None
-    return datetime.fromtimestamp(seconds, UTC)
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 class RunState(StrEnum):
