@@ -1,11 +1,14 @@
 """The fast paths of resuming a pipeline: reports assembled from the journal's own
-records (equal to validated ones in every field, type and field set), the state
-file parsed from its decoded text, step digests encoded by the C encoder."""
+records (equal to validated ones in every field, type and field set), state file
+lines parsed by pydantic-core (as ``json.loads`` parses them), step digests encoded
+by the C encoder (as ``json.dumps`` encodes them)."""
 
 from __future__ import annotations
 
 import copy
 import json
+import random
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -192,40 +195,54 @@ def test_digest_encoding_raises_as_json_dumps_does() -> None:
     assert step.encode_fields({"a": [1]}) == '{"a": [1]}', "nothing left over from before"
 
 
-@pytest.mark.parametrize(
-    "line",
-    [
-        b'{"a": 1}',
-        b' {"a": 1}',
-        b'{"a": 1} ',
-        b'{"a": 1} x',
-        b'{"a": NaN, "b": Infinity}',
-        b'{"a": 1, "a": 2}',
-        b'{"s": "\\udcff"}',
-        b"\xef\xbb\xbf{}",
-        b'{"a": "\xc3\xa9"}',
-        b"[1]",
-        b"{",
-        b"",
-    ],
-)
+LINES = [
+    b'{"a": 1}',
+    b' {"a": 1}',
+    b'{"a": 1} ',
+    b'{"a": 1} x',
+    b'{"a": NaN, "b": Infinity, "c": -Infinity, "d": 1e400}',
+    b'{"a": 1, "a": 2}',
+    b'{"s": "\\udcff"}',
+    b'{"s": "\\ud83d\\ude00", "z": "\\u0000"}',
+    b'{"a": "\xed\xb3\xbf"}',
+    b"\xef\xbb\xbf{}",
+    b'{"\xc3\xa9": "\xc3\xa9"}',
+    b'{"a": "\xff"}',
+    b'{"a": "\t"}',
+    b'{"a": 123456789012345678901234567890, "b": -0, "c": -0.0, "d": 5e-324}',
+    b"[" * 300 + b"]" * 300,
+    b"[1]",
+    b"{",
+    b"",
+]
+
+
+@pytest.mark.parametrize("line", LINES)
 def test_a_line_parses_as_json_loads_parses_it(line: bytes) -> None:
-    text = line.decode("utf-8", "surrogatepass")
     try:
         expected = json.loads(line)
     except ValueError as exc:
         with pytest.raises(ValueError) as error:
-            journal._parse(line, text)
+            journal._parse(line)
         assert type(error.value) is type(exc) and str(error.value) == str(exc)
     else:
-        assert repr(journal._parse(line, text)) == repr(expected)
+        assert repr(journal._parse(line)) == repr(expected)
+
+
+def test_numbers_parse_as_json_loads_parses_them() -> None:
+    rng = random.Random(20)
+    for _ in range(20_000):
+        number = rng.choice(
+            [rng.uniform(-1e10, 1e10), rng.random() * 10 ** rng.randint(-300, 300), time.time()]
+        )
+        line = json.dumps({"x": number, "n": rng.getrandbits(80)}).encode()
+        assert repr(journal._parse(line)) == repr(json.loads(line))
 
 
 def test_a_file_not_all_utf8_is_parsed_line_by_line(tmp_path: Path) -> None:
     path = tmp_path / "state.jsonl"
     header = {"e": "pipeline", "version": journal.VERSION, "name": "p", "time": 1.0}
     path.write_bytes(json.dumps(header).encode() + b"\n" + b'{"e": "x\xff"}\n')
-    assert journal._texts(path.read_bytes()) is None
     with pytest.raises(ConfigError, match="corrupt at line 2"):
         journal.read(path)
 
