@@ -126,7 +126,9 @@ class _Run:
                 self._fill_reports(_resumed.reports_done(ordered, self.steps, self.replay))
             for name in ordered:
                 self._step_ended(name)
-                self.rec.emit("step", "SUCCEEDED", step=name, message=_resume.EARLIER)
+            if self.rec.listened:
+                for name in ordered:
+                    self.rec.emit("step", "SUCCEEDED", step=name, message=_resume.EARLIER)
             if len(done) < len(self.steps):
                 async with anyio.create_task_group() as group:
                     self.group = group
@@ -135,7 +137,7 @@ class _Run:
                             group.start_soon(self._step, name, name in fresh)
             for name in done:  # values of resumed Call steps, for result.value()
                 step = self.steps[name]
-                if name not in self.values and any(isinstance(j, Call) for j in step.members()):
+                if name not in self.values and _has_calls(step):
                     await _resume.load_values(step, self.replay.steps[name], self.values)
             return self._result(started)
         finally:
@@ -411,6 +413,13 @@ class _Run:
         if self.fail_fast and self.stop_reason is None and self.group is not None:
             self.stop_reason = f"fail-fast: step {name!r} failed"
             self.group.cancel_scope.cancel()
+
+
+def _has_calls(step: Step) -> bool:
+    """Whether any of the step's runs is a Call (one member: its job, without a list)."""
+    if not step.fanned_out:
+        return isinstance(step.job, Call)
+    return any(isinstance(job, Call) for job in step.members())
 
 
 @contextlib.contextmanager

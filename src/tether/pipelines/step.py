@@ -287,8 +287,8 @@ class Step:
 
     def upstream(self) -> tuple[str, ...]:
         """Every step this one waits for: depends_on, inputs_from and referenced steps."""
-        names = list(self.depends_on) + list(self.inputs_from)
-        for job in self.members():
+        names = [*self.depends_on, *self.inputs_from]
+        for job in self._members if self._members is not None else (self.job,):
             if isinstance(job, Call):
                 names += [ref.step for ref in refs_in((job.args, job.kwargs))]
         return tuple(dict.fromkeys(names))
