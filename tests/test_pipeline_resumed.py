@@ -15,10 +15,12 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel, ValidationError
+from pydantic._internal._model_construction import init_private_attributes
 
-from tether import ConfigError, DummyConfig, Job, Pipeline, Step, StepState
+from tether import ConfigError, DummyConfig, Job, Pipeline, RunResult, Step, StepState
 from tether.pipelines import _resumed, journal, step
 from tether.pipelines.journal import Replay
+from tether.pipelines.report import MemberReport, StageReport, StepReport
 
 pytestmark = pytest.mark.anyio
 
@@ -267,3 +269,15 @@ async def test_a_state_file_refused_at_opening_ends_the_pipeline_failed(tmp_path
         async for event in events:
             seen.append(event)
     assert seen[-1].kind == "pipeline" and seen[-1].state == StepState.FAILED.value
+
+
+@pytest.mark.parametrize("model", [RunResult, MemberReport, StageReport, StepReport])
+def test_the_assembled_models_have_nothing_that_validation_would_run(model: type) -> None:
+    """Assembling skips validators and post-init hooks: a model that gains one must
+    be assembled with it in mind (or validated)."""
+    decorators = model.__pydantic_decorators__
+    assert not decorators.field_validators and not decorators.model_validators
+    assert not decorators.validators and not decorators.root_validators
+    # RunResult's only hook sets its private attributes to their defaults, as assembling does.
+    post_init = model.__dict__.get("model_post_init")
+    assert model.__pydantic_post_init__ is None or post_init is init_private_attributes
