@@ -33,8 +33,12 @@ class StepBackends:
 
             chosen = LocalConfig()
         cache = step.cache
-        retry = None if step.retry is None else step.retry.model_dump(mode="json")
-        memo = (id(chosen), json.dumps([cache, retry], sort_keys=True, default=str))
+        memo: tuple[int, Any]
+        if step.retry is None and isinstance(cache, bool):
+            memo = (id(chosen), cache)  # the common case, without encoding anything
+        else:
+            retry = None if step.retry is None else step.retry.model_dump(mode="json")
+            memo = (id(chosen), json.dumps([cache, retry], sort_keys=True, default=str))
         made = self._made.get(memo)
         if made is not None:
             return made

@@ -27,7 +27,7 @@ from ..errors import TetherError
 from ..job import Job
 from ..postprocess.base import Postprocessor, processor_name, run_postprocessor
 from ..result import RunResult, RunState
-from . import _resume
+from . import _resume, _resumed
 from ._backends import StepBackends, submit
 from ._generate import generate
 from ._recorder import Recorder
@@ -59,7 +59,9 @@ class _Run:
         self.limiter = anyio.CapacityLimiter(max_concurrency)
         self.journal = Journal(state, pipeline.name) if state is not None else None
         self.state = state
-        self.reports = {name: StepReport(name=name) for name in self.steps}
+        #: Step name → its report, in start order: made once the plan is known (a
+        #: step done before gets its recorded report, not a pending one first).
+        self.reports: dict[str, StepReport] = {}
         self.values: dict[str, list[Any]] = {}
         #: Steps that ended (or were done before), and events for those awaited before.
         self._ended: set[str] = set()
@@ -121,10 +123,12 @@ class _Run:
                 await _resume.cancel_leftovers(self.replay.steps.get(name))
             with _gc_paused():
                 ordered = [name for name in self.steps if name in done]
-                self.reports.update(_resume.reports_done(ordered, self.steps, self.replay))
+                self._fill_reports(_resumed.reports_done(ordered, self.steps, self.replay))
             for name in ordered:
                 self._step_ended(name)
-                self.rec.emit("step", "SUCCEEDED", step=name, message=_resume.EARLIER)
+            if self.rec.listened:
+                for name in ordered:
+                    self.rec.emit("step", "SUCCEEDED", step=name, message=_resume.EARLIER)
             if len(done) < len(self.steps):
                 async with anyio.create_task_group() as group:
                     self.group = group
@@ -133,10 +137,11 @@ class _Run:
                             group.start_soon(self._step, name, name in fresh)
             for name in done:  # values of resumed Call steps, for result.value()
                 step = self.steps[name]
-                if name not in self.values and any(isinstance(j, Call) for j in step.members()):
+                if name not in self.values and _has_calls(step):
                     await _resume.load_values(step, self.replay.steps[name], self.values)
             return self._result(started)
         finally:
+            self._fill_reports({})  # when it ended before the plan was made
             if self.journal is not None:
                 try:
                     if self.journal.dirty:  # a resumed, finished pipeline changed nothing
@@ -147,6 +152,13 @@ class _Run:
             self.rec.emit("pipeline", "SUCCEEDED" if success else "FAILED")
             live.close()
             self.rec.close()
+
+    def _fill_reports(self, done: dict[str, StepReport]) -> None:
+        """Give every step its report (once): from ``done``, else a pending one."""
+        if not self.reports:
+            for name in self.steps:
+                report = done.get(name)
+                self.reports[name] = StepReport(name=name) if report is None else report
 
     def _result(self, started: float) -> PipelineResult:
         reports = self.reports
@@ -401,6 +413,13 @@ class _Run:
         if self.fail_fast and self.stop_reason is None and self.group is not None:
             self.stop_reason = f"fail-fast: step {name!r} failed"
             self.group.cancel_scope.cancel()
+
+
+def _has_calls(step: Step) -> bool:
+    """Whether any of the step's runs is a Call (one member: its job, without a list)."""
+    if not step.fanned_out:
+        return isinstance(step.job, Call)
+    return any(isinstance(job, Call) for job in step.members())
 
 
 @contextlib.contextmanager

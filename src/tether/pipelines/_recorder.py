@@ -49,6 +49,11 @@ class Recorder:
         if self.journal is not None:
             self.journal.append(event)
 
+    @property
+    def listened(self) -> bool:
+        """Whether anyone hears events (subscribers, or the live table)."""
+        return bool(self.subscribers) or self.live.table.active
+
     def emit(self, kind: Any, state: str, **fields: Any) -> None:
         """Tell the subscribers and the live table (nothing is built when none listens)."""
         if not self.subscribers and not self.live.table.active:

@@ -9,10 +9,7 @@ saved handles, or found by the run id journaled before they were submitted.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
-
-from pydantic import TypeAdapter
 
 from ..backend import Backend
 from ..call import Call
@@ -20,10 +17,10 @@ from ..errors import TetherError
 from ..handle import RunHandle
 from ..job import Job
 from ..result import RunResult, RunState
-from ._reports import all_succeeded, json_params
+from ._reports import all_succeeded
 from ._retries import adopt
 from .journal import MemberRecord, Replay, StepRecord
-from .report import Origin, StepReport, StepState
+from .report import Origin, StepState
 from .step import Step, refs_in
 
 #: What a step that finished in an earlier run is reported and announced with.
@@ -152,57 +149,3 @@ async def reattach(
     if handle is None or handle.state is RunState.LOST:
         return None, "submitted"  # never started, or cannot be found: run it now
     return handle, origin
-
-
-def reports_done(done: list[str], steps: dict[str, Step], replay: Replay) -> dict[str, StepReport]:
-    """The reports of steps that finished in an earlier run, from their records.
-
-    Validated in one call from plain data (times as seconds), which costs a large
-    resumed pipeline far less than building each report and run result in turn.
-    """
-    data = [_done_data(name, replay.steps[name], steps[name]) for name in done]
-    reports = _done_adapter().validate_python(data)
-    return {report.name: report for report in reports}
-
-
-def _done_data(name: str, record: StepRecord, step: Step) -> dict[str, Any]:
-    runs = []
-    for index in range(len(step.members())):
-        member = record.members[index]
-        result = member.result or {}
-        runs.append(
-            {
-                "index": index,
-                "run_id": member.run_id or result.get("run_id"),
-                "state": result.get("state"),
-                "params": json_params(step, index),
-                "origin": "recorded",
-                "result": member.result,
-            }
-        )
-    stages = {}
-    for stage, info in record.stages.items():
-        message = info.get("message")
-        stages[stage] = {
-            "state": str(info.get("state") or "PENDING"),
-            "started_at": info.get("started"),
-            "ended_at": info.get("time") if info.get("state") != "RUNNING" else None,
-            "message": None if message is None else str(message),
-        }
-    return {
-        "name": name,
-        "state": StepState.SUCCEEDED,
-        "resumed": True,
-        "digest": record.digest,
-        "reason": EARLIER,
-        "started_at": record.started,
-        "ended_at": record.ended,
-        "stages": stages,
-        "runs": runs,
-        "postprocess_results": record.postprocess,
-    }
-
-
-@functools.cache
-def _done_adapter() -> TypeAdapter[list[StepReport]]:
-    return TypeAdapter(list[StepReport])

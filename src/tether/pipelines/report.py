@@ -116,7 +116,9 @@ class PipelineResult(BaseModel):
         return _html.pipeline_html(self)
 
     def __repr__(self) -> str:
-        steps = ", ".join(f"{name}={step.state.value}" for name, step in self.steps.items())
+        # asyncio.run (3.11) reprs its main task, and so this result, as it restores the
+        # SIGINT handler: keep it quick for a large pipeline.
+        steps = ", ".join([f"{name}={step.state.value}" for name, step in self.steps.items()])
         return f"<PipelineResult {self.name!r} success={self.success} steps: {steps}>"
 
     def __getitem__(self, key: str) -> Any:
