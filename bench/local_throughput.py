@@ -19,7 +19,13 @@ Usage::
 
     python bench/local_throughput.py [--runs 500] [--concurrency 4] [--repeats 5]
                                      [--supervisor c|python] [--min-ratio 0.8]
-                                     [--scratch DIR]
+                                     [--scratch DIR] [--keep]
+
+``--keep`` leaves the run folders in place (their folder is printed) instead of
+deleting them at the end. Use it for back-to-back runs on ext4 without a journal:
+there, for a minute or more after a mass deletion, every file created in the same
+block group waits while the inode allocator reads the inode table to skip recently
+deleted inodes, and the next run would measure that instead of tether.
 """
 
 from __future__ import annotations
@@ -190,6 +196,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="folder for the temporary run folders (default: beside tether's default "
         "runs folder, i.e. where users' runs go)",
     )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave the run folders in place instead of deleting them at the end",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.concurrency < 1 or args.repeats < 1:
@@ -216,8 +227,13 @@ def main(argv: list[str] | None = None) -> int:
         f"local throughput: {args.runs} x {COMMAND}, {args.concurrency} in flight, "
         f"{args.repeats} repeats, supervisor={report.supervisor}, run folders in {report.scratch}"
     )
-    with tempfile.TemporaryDirectory(prefix="tether-bench-", dir=args.scratch) as scratch:
-        asyncio.run(bench(report, Path(scratch)))
+    if args.keep:
+        kept = Path(tempfile.mkdtemp(prefix="tether-bench-", dir=args.scratch))
+        asyncio.run(bench(report, kept))
+        print(f"run folders kept in {kept}")
+    else:
+        with tempfile.TemporaryDirectory(prefix="tether-bench-", dir=args.scratch) as scratch:
+            asyncio.run(bench(report, Path(scratch)))
     print_table(report)
 
     missed = []

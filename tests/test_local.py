@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import shutil
 import time
 from pathlib import Path
 
@@ -208,6 +209,35 @@ async def test_native_supervisor_without_compiler(
     monkeypatch.setattr(_supervisor, "_cached", {})
     assert _supervisor.supervisor_argv() == _supervisor.python_supervisor()
     assert await LocalConfig().create().check()
+
+
+def test_native_supervisor_rebuilds_when_musl_arrives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A supervisor built before musl-tools was installed is not reused after it is."""
+    from tether import _supervisor
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("CC", raising=False)
+    cc = shutil.which("cc") or shutil.which("gcc")
+    assert cc is not None
+    system = tmp_path / "system"  # /usr/bin without musl-gcc: the glibc build
+    system.mkdir()
+    for entry in os.scandir("/usr/bin"):
+        if entry.name != "musl-gcc":
+            (system / entry.name).symlink_to(entry.path)
+    monkeypatch.setenv("PATH", str(system))
+    first = _supervisor.native_supervisor()
+
+    musl = tmp_path / "musl"  # a musl-gcc appears on PATH (a wrapper of cc suffices)
+    musl.mkdir()
+    (musl / "musl-gcc").write_text(f'#!/bin/sh\nexec {cc} "$@"\n')
+    (musl / "musl-gcc").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{musl}:{system}")
+    second = _supervisor.native_supervisor()
+    assert first != second
+    assert all(os.access(argv[0], os.X_OK) for argv in (first, second))
+    assert _supervisor.native_supervisor() == second  # cached from now on
 
 
 async def test_many_runs_at_once_no_zombies(tmp_path: Path) -> None:
