@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -227,13 +228,14 @@ def main(argv: list[str] | None = None) -> int:
         f"local throughput: {args.runs} x {COMMAND}, {args.concurrency} in flight, "
         f"{args.repeats} repeats, supervisor={report.supervisor}, run folders in {report.scratch}"
     )
-    if args.keep:
-        kept = Path(tempfile.mkdtemp(prefix="tether-bench-", dir=args.scratch))
-        asyncio.run(bench(report, kept))
-        print(f"run folders kept in {kept}")
-    else:
-        with tempfile.TemporaryDirectory(prefix="tether-bench-", dir=args.scratch) as scratch:
-            asyncio.run(bench(report, Path(scratch)))
+    scratch = Path(tempfile.mkdtemp(prefix="tether-bench-", dir=args.scratch))
+    try:
+        asyncio.run(bench(report, scratch))
+    finally:
+        if args.keep:
+            print(f"run folders kept in {scratch}")
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
     print_table(report)
 
     missed = []
