@@ -12,8 +12,11 @@ the same process:
 After one warm-up of each (the first local submit may compile the supervisor), the
 (raw, tether) pair is repeated R times, interleaved so that drifts in machine load
 hit both alike. The median runs/s of each and the ratio of medians (tether / raw)
-are printed and written to ``bench/results/local_throughput.json``. The script exits
-with status 1 when the ratio is below ``--min-ratio``, so it can act as a CI gate.
+are printed, with what each side cost the whole machine (CPU per run from
+``/proc/stat``, and how busy the CPUs were: a side near 100% is bound by CPU, one
+well below by latency), and written to ``bench/results/local_throughput.json``.
+The script exits with status 1 when the ratio is below ``--min-ratio``, so it can
+act as a CI gate.
 
 Usage::
 
@@ -62,6 +65,12 @@ class Report:
     scratch: str
     raw_runs_per_s: list[float] = field(default_factory=list)
     tether_runs_per_s: list[float] = field(default_factory=list)
+    #: Machine CPU per run (every process and the kernel) and busy share, per repeat:
+    #: a CPU-bound side is near 100% busy, a latency-bound one is not.
+    raw_cpu_ms_per_run: list[float] = field(default_factory=list)
+    tether_cpu_ms_per_run: list[float] = field(default_factory=list)
+    raw_busy: list[float] = field(default_factory=list)
+    tether_busy: list[float] = field(default_factory=list)
     raw_median: float = 0.0
     tether_median: float = 0.0
     ratio: float = 0.0
@@ -72,8 +81,25 @@ class Report:
     cpus: int = os.cpu_count() or 0
 
 
-async def run_pool(runs: int, concurrency: int, one: Callable[[], Awaitable[None]]) -> float:
-    """Call ``one()`` ``runs`` times with ``concurrency`` in flight; return runs per second."""
+@dataclass
+class Batch:
+    """One timed batch: its speed and what it cost the whole machine."""
+
+    runs_per_s: float
+    cpu_ms_per_run: float  # every process and the kernel, from /proc/stat
+    busy: float  # share of all CPUs' time not idle, 0 to 1
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine so far, from /proc/stat."""
+    with open("/proc/stat") as stat:
+        ticks = [int(field) for field in stat.readline().split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle and iowait
+    return sum(ticks) - idle, sum(ticks)
+
+
+async def run_pool(runs: int, concurrency: int, one: Callable[[], Awaitable[None]]) -> Batch:
+    """Call ``one()`` ``runs`` times with ``concurrency`` in flight; time and cost it."""
     remaining = runs
 
     async def worker() -> None:
@@ -82,9 +108,17 @@ async def run_pool(runs: int, concurrency: int, one: Callable[[], Awaitable[None
             remaining -= 1
             await one()
 
+    busy_before, total_before = machine_ticks()
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return runs / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    busy_after, total_after = machine_ticks()
+    busy = busy_after - busy_before
+    return Batch(
+        runs_per_s=runs / elapsed,
+        cpu_ms_per_run=busy / os.sysconf("SC_CLK_TCK") / runs * 1e3,
+        busy=busy / max(total_after - total_before, 1),
+    )
 
 
 async def raw_once() -> None:
@@ -147,10 +181,17 @@ async def bench(report: Report, scratch: Path) -> None:
         tether_once = make_tether_once(scratch / f"runs-{i}")
         raw = await run_pool(report.runs, report.concurrency, raw_once)
         teth = await run_pool(report.runs, report.concurrency, tether_once)
-        report.raw_runs_per_s.append(raw)
-        report.tether_runs_per_s.append(teth)
+        report.raw_runs_per_s.append(raw.runs_per_s)
+        report.tether_runs_per_s.append(teth.runs_per_s)
+        report.raw_cpu_ms_per_run.append(raw.cpu_ms_per_run)
+        report.tether_cpu_ms_per_run.append(teth.cpu_ms_per_run)
+        report.raw_busy.append(raw.busy)
+        report.tether_busy.append(teth.busy)
         print(
-            f"  repeat {i + 1}/{report.repeats}: raw {raw:7.1f} runs/s   tether {teth:7.1f} runs/s"
+            f"  repeat {i + 1}/{report.repeats}: raw {raw.runs_per_s:7.1f} runs/s "
+            f"({raw.cpu_ms_per_run:.2f} ms CPU/run, {raw.busy:.0%} busy)   "
+            f"tether {teth.runs_per_s:7.1f} runs/s "
+            f"({teth.cpu_ms_per_run:.2f} ms CPU/run, {teth.busy:.0%} busy)"
         )
 
     report.raw_median = statistics.median(report.raw_runs_per_s)
@@ -169,6 +210,14 @@ def print_table(report: Report) -> None:
         ("tether", report.tether_runs_per_s, report.tether_median),
     ):
         print(f"{name:8}" + "".join(f"{v:9.1f}" for v in values) + f"{median:10.1f}")
+    for name, cpu, busy in (
+        ("raw", report.raw_cpu_ms_per_run, report.raw_busy),
+        ("tether", report.tether_cpu_ms_per_run, report.tether_busy),
+    ):
+        print(
+            f"{name:8}machine CPU {statistics.median(cpu):.3f} ms/run, "
+            f"{statistics.median(busy):.0%} busy (medians)"
+        )
     print(f"\nratio of medians (tether/raw): {report.ratio:.3f}  (bar: >= {report.min_ratio})")
 
 
